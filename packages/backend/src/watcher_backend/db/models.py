@@ -1,0 +1,215 @@
+"""Storage schema (SQLAlchemy 2). Alembic migrations under ``migrations/`` create it.
+
+Times are stored as integer microseconds since the Unix epoch, UTC (``*_us`` columns):
+portable between SQLite and PostgreSQL, cheap to index and to bucket in SQL.
+Identity is normalised (class → students / assignments → files) so aggregate queries
+touch small integer keys; ``snapshots`` / ``file_events`` / ``runs`` carry the student and
+assignment keys too, so the timeline and the class-wide aggregates are single index scans.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; BIGINT would stay NULL there.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ClassRow(Base):
+    __tablename__ = "classes"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    class_div: Mapped[str] = mapped_column(String(128), unique=True)
+    subject: Mapped[str] = mapped_column(String(128))
+    division: Mapped[str] = mapped_column(String(32))
+
+
+class StudentRow(Base):
+    __tablename__ = "students"
+    __table_args__ = (UniqueConstraint("class_id", "student_id"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    class_id: Mapped[int] = mapped_column(ForeignKey("classes.id"))
+    student_id: Mapped[str] = mapped_column(String(64))
+
+
+class AssignmentRow(Base):
+    __tablename__ = "assignments"
+    __table_args__ = (UniqueConstraint("class_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    class_id: Mapped[int] = mapped_column(ForeignKey("classes.id"))
+    name: Mapped[str] = mapped_column(String(128))
+
+
+class FileRow(Base):
+    """A path below one student's assignment directory. Survives deletes (history stays)."""
+
+    __tablename__ = "files"
+    __table_args__ = (
+        UniqueConstraint("student_pk", "assignment_id", "path"),
+        Index("ix_files_compat", "student_pk", "assignment_id", "compat_name"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    student_pk: Mapped[int] = mapped_column(ForeignKey("students.id"))
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"))
+    path: Mapped[str] = mapped_column(Text)
+    compat_name: Mapped[str] = mapped_column(Text)  # path with "/" → "@" (old API form)
+    created_us: Mapped[int] = mapped_column(BigInteger)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class BlobRow(Base):
+    """Content-addressed file content, zstd-compressed, stored once per sha256."""
+
+    __tablename__ = "blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    stored_size: Mapped[int] = mapped_column(BigInteger)
+    codec: Mapped[str] = mapped_column(String(16))  # "zstd" | "raw"
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class EventRow(Base):
+    """Idempotency registry: every accepted event id, whatever its kind, exactly once."""
+
+    __tablename__ = "events"
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    received_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class SnapshotRow(Base):
+    __tablename__ = "snapshots"
+    __table_args__ = (
+        Index("ix_snapshots_file_ts", "file_id", "ts_us"),
+        Index("ix_snapshots_asg_student_ts", "assignment_id", "student_pk", "ts_us"),
+        Index("ix_snapshots_asg_ts", "assignment_id", "ts_us"),
+        Index("ix_snapshots_sha", "sha256"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"))
+    student_pk: Mapped[int] = mapped_column(ForeignKey("students.id"))
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"))
+    ts_us: Mapped[int] = mapped_column(BigInteger)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)  # None: size only
+    source: Mapped[str] = mapped_column(String(16))
+    reconciled: Mapped[bool] = mapped_column(Boolean, default=False)
+    too_large: Mapped[bool] = mapped_column(Boolean, default=False)
+    node: Mapped[str] = mapped_column(String(253), default="")
+    received_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class FileEventRow(Base):
+    """create / modify / delete / rename of a file, in order. A delete is not a snapshot."""
+
+    __tablename__ = "file_events"
+    __table_args__ = (
+        Index("ix_file_events_asg_student_ts", "assignment_id", "student_pk", "ts_us"),
+        Index("ix_file_events_file_ts", "file_id", "ts_us"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128))
+    file_id: Mapped[int] = mapped_column(ForeignKey("files.id"))
+    student_pk: Mapped[int] = mapped_column(ForeignKey("students.id"))
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"))
+    op: Mapped[str] = mapped_column(String(16))  # create | modify | delete | rename
+    ts_us: Mapped[int] = mapped_column(BigInteger)
+    snapshot_id: Mapped[int | None] = mapped_column(ForeignKey("snapshots.id"), nullable=True)
+    old_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # rename: where from
+    reconciled: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class RunRow(Base):
+    """One process run: a build (compiler), a program run, an interpreter run, ..."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        Index("ix_runs_asg_kind_start", "assignment_id", "category", "start_us"),
+        Index("ix_runs_student_asg_start", "student_pk", "assignment_id", "start_us"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    class_id: Mapped[int] = mapped_column(ForeignKey("classes.id"))
+    student_pk: Mapped[int] = mapped_column(ForeignKey("students.id"))
+    assignment_id: Mapped[int | None] = mapped_column(ForeignKey("assignments.id"), nullable=True)
+    category: Mapped[str] = mapped_column(String(16))  # wire run_kind
+    tool: Mapped[str] = mapped_column(String(64))
+    exe: Mapped[str] = mapped_column(Text, default="")
+    filename: Mapped[str] = mapped_column(Text, default="")
+    argv: Mapped[list[str]] = mapped_column(JSON)
+    argv_truncated: Mapped[bool] = mapped_column(Boolean, default=False)
+    argv_len: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    cwd: Mapped[str] = mapped_column(Text, default="")
+    hostname: Mapped[str] = mapped_column(String(253), default="")
+    pid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    ppid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    uid: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    start_us: Mapped[int] = mapped_column(BigInteger)
+    end_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    signal: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    core_dumped: Mapped[bool] = mapped_column(Boolean, default=False)
+    output_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    target_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    process_type: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    file_size: Mapped[int] = mapped_column(BigInteger, default=0)  # bytes of code compiled/run
+    diagnostics: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    stderr_excerpt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    identity_mismatch: Mapped[bool] = mapped_column(Boolean, default=False)
+    source: Mapped[str] = mapped_column(String(16))
+    node: Mapped[str] = mapped_column(String(253), default="")
+    received_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class RunSourceRow(Base):
+    """Links a run to the exact code state (sha256) of each source file it used."""
+
+    __tablename__ = "run_sources"
+    __table_args__ = (Index("ix_run_sources_run", "run_id"), Index("ix_run_sources_sha", "sha256"))
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id"))
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class NotebookCellRow(Base):
+    __tablename__ = "notebook_cells"
+    __table_args__ = (
+        Index("ix_cells_asg_student_ts", "assignment_id", "student_pk", "ts_us"),
+    )
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    student_pk: Mapped[int] = mapped_column(ForeignKey("students.id"))
+    assignment_id: Mapped[int | None] = mapped_column(ForeignKey("assignments.id"), nullable=True)
+    notebook: Mapped[str] = mapped_column(Text, default="")
+    ts_us: Mapped[int] = mapped_column(BigInteger)
+    cell_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    execution_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(8))
+    ename: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    duration_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    source: Mapped[str | None] = mapped_column(Text, nullable=True)
+    node: Mapped[str] = mapped_column(String(253), default="")
+    received_us: Mapped[int] = mapped_column(BigInteger)

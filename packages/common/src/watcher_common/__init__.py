@@ -1,0 +1,3 @@
+"""JCode Watcher shared core."""
+
+__version__ = "0.1.0"
