@@ -1,0 +1,3 @@
+"""JCode Watcher procmon agent."""
+
+__version__ = "0.1.0"
