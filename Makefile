@@ -1,0 +1,31 @@
+# JCode Watcher — developer entry points. Every target calls a script in scripts/ or bench/;
+# nothing needs a hand step. `make` alone prints this help.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTEST_ARGS ?=
+
+.PHONY: help deps run stop test lint bench
+
+help: ## show the targets
+	@echo "JCode Watcher — make targets:"
+	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+
+deps: ## install uv, the Debian packages and the Python workspace (idempotent)
+	@bash scripts/install-deps.sh
+
+run: ## start the backend locally (SQLite, port 3000 or $$PORT) in the background; safe to repeat
+	@bash scripts/run-local.sh
+
+stop: ## stop what `make run` started
+	@bash scripts/stop-local.sh
+
+test: ## install deps, lint, run all tests (fails if none ran); PYTEST_ARGS="..." passes args
+	@bash scripts/test.sh $(PYTEST_ARGS)
+
+lint: deps ## ruff check + ruff format --check + mypy (strict) on the typed packages
+	@bash scripts/lint.sh
+
+bench: deps ## run the benchmarks and rewrite docs/benchmarks.md (numbers, not pass/fail)
+	@bash bench/run_all.sh
