@@ -1,0 +1,366 @@
+"""The old JCode-Watcher write paths (used by old agents and the old Jupyter hook).
+
+Each POST becomes one wire event (``source="compat"``) and goes through the same group-commit
+writer as ``/api/v1/events``, so compat data and agent data share one storage path. The event
+id is derived from the request (``compat-`` + SHA-256 of kind, path parameters and canonical
+body), so re-sending the same POST is stored once and answered like the first time.
+
+Fixes over the old service: unparseable timestamps, negative sizes and bad identities are a
+422 with a message (never a 500 and never silently stored); names with ``#``, ``?``, ``@``,
+spaces or Korean are kept intact (clients percent-encode them; FastAPI decodes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+import shlex
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+from sqlalchemy import Engine, select
+from starlette.concurrency import run_in_threadpool
+
+from watcher_backend import lookup
+from watcher_backend.auth import require_agent
+from watcher_backend.db.models import FileRow, SnapshotRow
+from watcher_common import identity
+from watcher_common.timeutil import KST
+from watcher_common.wire import Event, EventResult, FileSnapshot, ProcessRun, SourceFile
+
+router = APIRouter(tags=["compat"], dependencies=[Depends(require_agent)])
+
+AGENT = "compat"
+AGENT_VERSION = "1"
+_STAMP_RE = re.compile(r"(\d{8}_\d{6})(\.[^/]*)?")
+_HW_MAX = 128
+
+Text4k = Annotated[str, StringConstraints(max_length=4096)]
+
+
+def parse_old_timestamp(value: Any) -> datetime:
+    """The old bodies' ``timestamp``: ISO-8601 (naive = Korea time) or ``YYYYMMDD_HHMMSS``.
+
+    Numbers are taken as Unix seconds. Anything else raises ValueError (→ 422).
+    """
+    if isinstance(value, bool):
+        raise ValueError("timestamp must be an ISO-8601 date-time")
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(float(value), UTC)
+    if not isinstance(value, str):
+        raise ValueError("timestamp must be an ISO-8601 date-time")
+    text = value.strip()
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            parsed = datetime.strptime(text, "%Y%m%d_%H%M%S")
+        except ValueError:
+            raise ValueError(f"timestamp {value!r} is not an ISO-8601 date-time") from None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=KST)
+
+
+class _OldBody(BaseModel):
+    # Old clients may send fields we do not know; ignoring them keeps them working.
+    model_config = ConfigDict(extra="ignore")
+
+
+class BuildLogIn(_OldBody):
+    binary_path: Text4k = ""
+    cmdline: Annotated[str, StringConstraints(max_length=131072)] = ""
+    exit_code: int | None = None
+    cwd: Text4k = ""
+    target_path: Text4k | None = None
+    timestamp: datetime
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _ts(cls, v: Any) -> datetime:
+        return parse_old_timestamp(v)
+
+
+class RunLogIn(BuildLogIn):
+    process_type: Annotated[str, StringConstraints(max_length=32)] | None = None
+
+
+class SnapshotIn(_OldBody):
+    bytes: Annotated[int, Field(ge=0, le=2**53)]
+
+
+class Message(BaseModel):
+    message: str
+
+
+def compat_event_id(kind: str, params: list[str], body: BaseModel) -> str:
+    """Deterministic id: a repeated identical POST is the same event (stored once)."""
+    canonical = json.dumps(
+        [kind, params, body.model_dump(mode="json")],
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+    return "compat-" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@lru_cache(maxsize=1)
+def identity_config() -> identity.IdentityConfig:
+    # The same WATCHER_* naming rules as the agents, so compat data is named alike.
+    return identity.IdentityConfig.from_env()
+
+
+def check_identity(class_div: str, student_id: str, hw_name: str) -> None:
+    """422 unless ``<class_div>-<student_id>`` is a student workspace and ``hw_name`` an
+    assignment directory name (the agents' rules, ``WATCHER_*_PATTERN``)."""
+    cfg = identity_config()
+    parsed = identity.parse_workspace_dir(f"{class_div}-{student_id}", cfg)
+    if isinstance(parsed, identity.NotStudent):
+        raise HTTPException(422, f"bad class_div or student_id: {parsed.reason}")
+    if parsed.class_div != class_div or parsed.student_id != student_id:
+        raise HTTPException(
+            422, "bad class_div or student_id: class_div must be '<subject>-<division>'"
+        )
+    if len(hw_name) > _HW_MAX or re.fullmatch(cfg.assignment_pattern, hw_name) is None:
+        raise HTTPException(
+            422, f"bad assignment {hw_name!r}: must match {cfg.assignment_pattern!r}"
+        )
+
+
+def split_cmdline(cmdline: str) -> list[str]:
+    """argv from the old single-string cmdline, such that ``" ".join(argv) == cmdline``.
+
+    The reads give back ``" ".join(argv)``; when shell-splitting would change the text
+    (quotes, doubled spaces, unbalanced quotes) the whole line is kept as one element so the
+    old API still returns it verbatim.
+    """
+    try:
+        argv = shlex.split(cmdline)
+    except ValueError:
+        return [cmdline]
+    return argv if " ".join(argv) == cmdline else [cmdline]
+
+
+def _tool(argv: list[str], fallback: str) -> str:
+    name = posixpath.basename(argv[0].split(" ")[0]) if argv and argv[0] else ""
+    return (name or posixpath.basename(fallback) or "unknown")[:64]
+
+
+def resolve_compat_filename(
+    engine: Engine, class_div: str, hw: str, student_id: str, name: str
+) -> str | None:
+    """The storage path an old-API ``filename`` (path with ``/`` → ``@``) refers to.
+
+    An existing file with that old-API name wins, the literal name first (so a real
+    ``test@file#1.cpp`` stays itself). For a new file, ``@`` is read as ``/``, since the old
+    agents only wrote ``@`` for ``/`` — unless that makes an invalid path (``a@@b``, ``@x``),
+    in which case the literal name is kept. None if no reading is a valid path.
+    """
+    candidates = identity.compat_filename_candidates(name)
+    if not candidates:
+        return None
+    with engine.connect() as conn:
+        scope = lookup.student_scope(conn, class_div, hw, student_id)
+        existing: list[str] = []
+        if scope is not None:
+            existing = list(
+                conn.execute(
+                    select(FileRow.path)
+                    .where(
+                        FileRow.student_pk == scope.student_pk,
+                        FileRow.assignment_id == scope.assignment_id,
+                        FileRow.compat_name == name,
+                    )
+                    .order_by(FileRow.id)
+                ).scalars()
+            )
+    for candidate in candidates:
+        if candidate in existing:
+            return candidate
+    # e.g. "a@b/c" for "a@b@c": still the file the old API listed under that name.
+    return existing[0] if existing else candidates[-1]
+
+
+def source_of(
+    engine: Engine, class_div: str, hw: str, student_id: str, cwd: str, target: str | None
+) -> SourceFile | None:
+    """The student's file an old log's ``target_path`` names, with its latest known size
+    and hash, so compat builds/runs get a ``file_size`` like procmon's. None if unknown."""
+    if not target:
+        return None
+    full = target if target.startswith("/") else posixpath.join(cwd or "/", target)
+    where = identity.parse_container_path(posixpath.normpath(full), identity_config())
+    if isinstance(where, identity.NotStudent) or where.assignment != hw or not where.path:
+        return None
+    with engine.connect() as conn:
+        scope = lookup.student_scope(conn, class_div, hw, student_id)
+        if scope is None:
+            return None
+        row = conn.execute(
+            select(SnapshotRow.size, SnapshotRow.sha256)
+            .join(FileRow, FileRow.id == SnapshotRow.file_id)
+            .where(
+                FileRow.student_pk == scope.student_pk,
+                FileRow.assignment_id == scope.assignment_id,
+                FileRow.path == where.path,
+            )
+            .order_by(SnapshotRow.ts_us.desc(), SnapshotRow.id.desc())
+            .limit(1)
+        ).first()
+    if row is None:
+        return None
+    return SourceFile(path=where.path, sha256=row.sha256, size=row.size)
+
+
+async def _submit(request: Request, event: Event) -> None:
+    results: list[EventResult] = await request.app.state.writer.submit([event])
+    result = results[0]
+    if result.status == "rejected":
+        raise HTTPException(422, result.error or "rejected")
+    if result.status == "retry":
+        raise HTTPException(503, result.error or "try again")
+
+
+def _run_event(
+    kind: Literal["build", "run"],
+    class_div: str,
+    hw_name: str,
+    student_id: str,
+    body: BuildLogIn,
+    source: SourceFile | None,
+) -> ProcessRun:
+    argv = split_cmdline(body.cmdline)
+    process_type = body.process_type if isinstance(body, RunLogIn) else None
+    tool = _tool(argv, body.binary_path) if kind == "build" else (process_type or _tool(argv, ""))
+    return ProcessRun(
+        event_id=compat_event_id(f"logs/{kind}", [class_div, hw_name, student_id], body),
+        agent=AGENT,
+        agent_version=AGENT_VERSION,
+        ts=body.timestamp,
+        class_div=class_div,
+        student_id=student_id,
+        assignment=hw_name,
+        run_kind=kind,
+        tool=tool[:64],
+        exe=body.binary_path,
+        filename=body.binary_path,
+        argv=argv,
+        cwd=body.cwd,
+        start=body.timestamp,
+        end=body.timestamp,
+        exit_code=body.exit_code,
+        process_type=process_type,
+        target_path=body.target_path,
+        source_files=[source] if source is not None else [],
+        source="compat",
+    )
+
+
+def _invalid(exc: ValidationError) -> HTTPException:
+    # A body that passed our checks can still break a wire limit (path > 4096 chars, ...).
+    errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+    return HTTPException(422, f"invalid event: {errors}")
+
+
+@router.post("/api/{class_div}/{hw_name}/{student_id}/logs/build", response_model=Message)
+async def post_build_log(
+    request: Request, class_div: str, hw_name: str, student_id: str, body: BuildLogIn
+) -> Message:
+    check_identity(class_div, student_id, hw_name)
+    source = await run_in_threadpool(
+        source_of,
+        request.app.state.engine,
+        class_div,
+        hw_name,
+        student_id,
+        body.cwd,
+        body.target_path,
+    )
+    try:
+        event = _run_event("build", class_div, hw_name, student_id, body, source)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    await _submit(request, event)
+    return Message(message="Build log registered successfully")
+
+
+@router.post("/api/{class_div}/{hw_name}/{student_id}/logs/run", response_model=Message)
+async def post_run_log(
+    request: Request, class_div: str, hw_name: str, student_id: str, body: RunLogIn
+) -> Message:
+    check_identity(class_div, student_id, hw_name)
+    source = await run_in_threadpool(
+        source_of,
+        request.app.state.engine,
+        class_div,
+        hw_name,
+        student_id,
+        body.cwd,
+        body.target_path,
+    )
+    try:
+        event = _run_event("run", class_div, hw_name, student_id, body, source)
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    await _submit(request, event)
+    return Message(message="Run log registered successfully")
+
+
+@router.post("/api/{class_div}/{hw_name}/{student_id}/{filename}/{stamp}", response_model=Message)
+async def post_snapshot(
+    request: Request,
+    class_div: str,
+    hw_name: str,
+    student_id: str,
+    filename: str,
+    stamp: str,
+    body: SnapshotIn,
+) -> Message:
+    check_identity(class_div, student_id, hw_name)
+    match = _STAMP_RE.fullmatch(stamp)
+    if match is None:
+        raise HTTPException(422, f"snapshot timestamp must be YYYYMMDD_HHMMSS[.ext], got {stamp!r}")
+    try:
+        ts = datetime.strptime(match.group(1), "%Y%m%d_%H%M%S").replace(tzinfo=KST)
+    except ValueError:
+        raise HTTPException(422, f"snapshot timestamp {stamp!r} is not a valid date") from None
+    path = await run_in_threadpool(
+        resolve_compat_filename,
+        request.app.state.engine,
+        class_div,
+        hw_name,
+        student_id,
+        filename,
+    )
+    if path is None:
+        raise HTTPException(422, f"bad file name {filename!r}")
+    try:
+        event = FileSnapshot(
+            event_id=compat_event_id(
+                "snapshot", [class_div, hw_name, student_id, filename, stamp], body
+            ),
+            agent=AGENT,
+            agent_version=AGENT_VERSION,
+            ts=ts,
+            class_div=class_div,
+            student_id=student_id,
+            assignment=hw_name,
+            path=path,
+            sha256=None,
+            size=body.bytes,
+            source="compat",
+        )
+    except ValidationError as exc:
+        raise _invalid(exc) from None
+    await _submit(request, event)
+    return Message(message="Snapshot registered successfully")
