@@ -1,0 +1,400 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * procmon: exec and exit of processes in student containers, CO-RE, no kprobes.
+ *
+ *   tp_btf/sched_process_exec  -> one pm_exec record per successful execve() in a container
+ *                                 whose UTS nodename starts with config.prefix
+ *   tp_btf/sched_process_exit  -> one pm_exit record when the last thread of a tracked
+ *                                 thread group exits (group_dead)
+ *
+ * Record layout, config and counters: procmon_event.h.
+ *
+ * Older kernels (< 6.16) have no group_dead argument on sched_process_exit. The fallback
+ * there is a second program attached to the same tracepoint that reads
+ * task->signal->live (do_exit() decrements it before the tracepoint fires) and treats
+ * live == 0 as group_dead; two threads racing to zero are de-duplicated by the
+ * bpf_map_delete_elem() on `tracked` below, which succeeds for exactly one of them.
+ * It is not built here because this kernel has group_dead and the two cannot share a
+ * BTF prototype.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "procmon_event.h"
+
+/* bpf_probe_read_{user,kernel}* are GPL-only helpers. */
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* include/linux/sched/signal.h: a #define, so not in BTF. Stable since 2.6. */
+#define SIGNAL_GROUP_EXIT 0x00000004
+
+/* Size set by userspace before load (bpf_map__set_max_entries). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+/* tgids exec'd in a student container whose exit we still owe. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u64); /* boot ns of the last exec */
+} tracked SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pm_counters);
+} stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pm_config);
+} settings SEC(".maps");
+
+struct pm_scratch {
+	struct pm_exec rec;
+	char data[PM_SCRATCH_DATA];
+};
+
+/*
+ * Where an exec record is assembled before bpf_ringbuf_output() copies the used part:
+ * bpf_ringbuf_reserve() only takes a constant size, and a per-CPU array cannot hold values
+ * over 32 KiB, so this is a plain array indexed by CPU; userspace sets max_entries to the
+ * number of possible CPUs. Tracepoint programs run with preemption disabled and are not
+ * re-entered on one CPU, so an entry is never shared by two running programs.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pm_scratch);
+} scratch SEC(".maps");
+
+static __always_inline struct pm_counters *get_counters(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&stats, &zero);
+}
+
+/* Batch wakeups: the reader also polls on a timer, so most records need not wake it. */
+static __always_inline __u64 wakeup_flag(struct pm_counters *c, const struct pm_config *cfg,
+					 __u32 size)
+{
+	__u64 n = c->exec_emitted + c->exit_emitted;
+	__u32 every = cfg->wakeup_every;
+
+	if (every <= 1 || size >= cfg->wakeup_bytes || n % every == 0 ||
+	    bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >
+		    bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 4) {
+		c->wakeups++;
+		return BPF_RB_FORCE_WAKEUP;
+	}
+	return BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline bool prefix_matches(const char *node, const struct pm_config *cfg)
+{
+	__u32 n = cfg->prefix_len;
+
+	for (int i = 0; i < PM_PREFIX_MAX; i++) {
+		if (i >= n)
+			return true;
+		if (node[i] != cfg->prefix[i])
+			return false;
+	}
+	return true;
+}
+
+struct walk_ctx {
+	struct dentry *dentry;
+	struct vfsmount *vfsmnt;
+	struct mount *mnt;
+	struct dentry *root_dentry;
+	struct vfsmount *root_mnt;
+	__u64 mnt_off;
+	__u32 cpu;
+	__u32 off;   /* next write offset in scratch data[] */
+	__u32 start; /* offset where this path began */
+	__u32 flags; /* set in *flags on exit: 0, trunc_flag or unreach_flag */
+	__u32 trunc_flag;
+	__u32 unreach_flag;
+};
+
+/*
+ * One step of walk_path(): one component or one mount crossing. Run by bpf_loop() so the
+ * verifier checks the body once instead of unrolling PM_MAX_DEPTH copies of its branches
+ * (an open-coded loop here exceeds the 1M-instruction verification budget).
+ */
+static long walk_step(__u64 i, void *arg)
+{
+	struct walk_ctx *w = arg;
+	/* locals, not w->x: BPF_CORE_READ(w->x, ...) would relocate the local walk_ctx too */
+	struct dentry *dentry = w->dentry;
+	struct vfsmount *vfsmnt = w->vfsmnt;
+	struct mount *mnt = w->mnt;
+	struct pm_scratch *s;
+
+	if (dentry == w->root_dentry && vfsmnt == w->root_mnt)
+		return 1; /* reached the container's "/" */
+
+	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+
+	if (dentry == mnt_root || dentry == parent) {
+		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+
+		if (up == mnt || dentry != mnt_root) {
+			/* the namespace's top (or a pseudo fs): never met fs->root */
+			w->flags = w->unreach_flag;
+			return 1;
+		}
+		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = up;
+		w->vfsmnt = (void *)up + w->mnt_off;
+		return 0;
+	}
+	s = bpf_map_lookup_elem(&scratch, &w->cpu);
+	if (!s || w->off - w->start >= PM_PATH_MAX) {
+		w->flags = w->trunc_flag;
+		return 1;
+	}
+
+	const unsigned char *name = BPF_CORE_READ(dentry, d_name.name);
+	long n = bpf_probe_read_kernel_str(s->data + (w->off & PM_DATA_MASK), PM_NAME_MAX, name);
+
+	if (n <= 0) {
+		w->flags = w->trunc_flag;
+		return 1;
+	}
+	w->off += n;
+	w->dentry = parent;
+	return 0;
+}
+
+/*
+ * Append the components of `dentry`@`vfsmnt` to scratch data[] at `off`, leaf first, each
+ * NUL-ended, walking up to the task's root (root_dentry@root_mnt) and across mount points.
+ * Returns the new offset.
+ */
+static __always_inline __u32 walk_path(__u32 cpu, __u32 off, struct dentry *dentry,
+				       struct vfsmount *vfsmnt, struct dentry *root_dentry,
+				       struct vfsmount *root_mnt, __u32 *flags, __u32 trunc_flag,
+				       __u32 unreach_flag)
+{
+	/* container_of(vfsmnt, struct mount, mnt), relocated by CO-RE */
+	__u64 mnt_off = bpf_core_field_offset(struct mount, mnt);
+	struct walk_ctx w = {
+		.dentry = dentry,
+		.vfsmnt = vfsmnt,
+		.mnt = (void *)vfsmnt - mnt_off,
+		.root_dentry = root_dentry,
+		.root_mnt = root_mnt,
+		.mnt_off = mnt_off,
+		.cpu = cpu,
+		.off = off,
+		.start = off,
+		.trunc_flag = trunc_flag,
+		.unreach_flag = unreach_flag,
+	};
+
+	if (!dentry || !vfsmnt) {
+		*flags |= unreach_flag;
+		return off;
+	}
+	/* returns the number of steps run; all PM_MAX_DEPTH without an end: too deep */
+	if (bpf_loop(PM_MAX_DEPTH, walk_step, &w, 0) >= PM_MAX_DEPTH && !w.flags)
+		w.flags = trunc_flag;
+	*flags |= w.flags;
+	return w.off;
+}
+
+/* The pid of `task`'s thread group in the task's own pid namespace, and that namespace. */
+static __always_inline void ns_pid(struct task_struct *task, __u32 *nr, __u32 *ino)
+{
+	struct pid *pid = BPF_CORE_READ(task, group_leader, thread_pid);
+	unsigned int level = BPF_CORE_READ(pid, level);
+	struct upid up = {};
+	/* numbers[] is a flexible array: CO-RE cannot relocate a variable index, so compute it */
+	void *slot = (void *)pid + bpf_core_field_offset(struct pid, numbers) +
+		     (__u64)(level & 0x3f) * bpf_core_type_size(struct upid);
+
+	bpf_probe_read_kernel(&up, sizeof(up), slot);
+	*nr = up.nr;
+	*ino = BPF_CORE_READ(up.ns, ns.inum);
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+{
+	__u32 zero = 0, cpu = bpf_get_smp_processor_id();
+	struct pm_config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	struct pm_counters *c = get_counters();
+	struct pm_scratch *s;
+	struct pm_exec *e;
+
+	if (!cfg || !c || !cfg->enabled)
+		return 0;
+	c->exec_seen++;
+
+	s = bpf_map_lookup_elem(&scratch, &cpu);
+	if (!s) {
+		c->exec_drop_scratch++;
+		return 0;
+	}
+	e = &s->rec;
+
+	/* The filter comes first so that other processes cost only this much. */
+	bpf_probe_read_kernel_str(e->nodename, sizeof(e->nodename),
+				  BPF_CORE_READ(task, nsproxy, uts_ns, name.nodename));
+	if (!prefix_matches(e->nodename, cfg)) {
+		c->exec_filtered++;
+		return 0;
+	}
+
+	__u64 now = bpf_ktime_get_boot_ns();
+	__u32 flags = 0, off = 0;
+
+	e->hdr.type = PM_EV_EXEC;
+	e->hdr.version = PM_ABI_VERSION;
+	e->hdr.ts_ns = now;
+	e->tgid = BPF_CORE_READ(task, tgid);
+	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	e->uid = BPF_CORE_READ(task, real_cred, uid.val);
+	e->gid = BPF_CORE_READ(task, real_cred, gid.val);
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->fork_ns = BPF_CORE_READ(task, start_boottime);
+	ns_pid(task, &e->ns_tgid, &e->pidns_ino);
+	e->mntns_ino = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
+	e->_pad0 = 0;
+
+	/* argv: the new image's argument area, already copied in by execve() */
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	__u64 arg_start = BPF_CORE_READ(mm, arg_start);
+	__u64 arg_end = BPF_CORE_READ(mm, arg_end);
+	__u64 orig = arg_end > arg_start ? arg_end - arg_start : 0;
+	__u32 len = orig > PM_ARGV_MAX ? PM_ARGV_MAX : (__u32)orig;
+
+	if (orig > PM_ARGV_MAX)
+		flags |= PM_F_ARGV_TRUNC;
+	/* identity on len <= PM_ARGV_MAX; tells the verifier the read fits in data[] */
+	len &= PM_DATA_MASK;
+	if (len && bpf_probe_read_user(s->data, len, (void *)arg_start)) {
+		flags |= PM_F_ARGV_ERR;
+		c->exec_read_err++;
+		len = 0;
+	}
+	e->argv_len = len;
+	e->argv_orig_len = orig > 0xffffffffULL ? 0xffffffffU : (__u32)orig;
+	off = len;
+
+	/* filename as given to execve() */
+	const char *fname = BPF_CORE_READ(bprm, filename);
+	long n = bpf_probe_read_kernel_str(s->data + (off & PM_DATA_MASK), PM_PATH_MAX, fname);
+
+	if (n <= 0) {
+		flags |= PM_F_FILENAME_TRUNC;
+		n = 0;
+	} else if (n == PM_PATH_MAX) {
+		flags |= PM_F_FILENAME_TRUNC;
+	}
+	e->filename_len = n;
+	off += n;
+
+	/* exe and cwd, relative to the task's root = the container's "/" */
+	struct fs_struct *fs = BPF_CORE_READ(task, fs);
+	struct dentry *root_d = BPF_CORE_READ(fs, root.dentry);
+	struct vfsmount *root_m = BPF_CORE_READ(fs, root.mnt);
+	struct file *exe = BPF_CORE_READ(mm, exe_file);
+	__u32 mark = off;
+
+	off = walk_path(cpu, off, BPF_CORE_READ(exe, f_path.dentry),
+			BPF_CORE_READ(exe, f_path.mnt), root_d, root_m, &flags, PM_F_EXE_TRUNC,
+			PM_F_EXE_UNREACH);
+	e->exe_len = off - mark;
+	mark = off;
+	off = walk_path(cpu, off, BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt),
+			root_d, root_m, &flags, PM_F_CWD_TRUNC, PM_F_CWD_UNREACH);
+	e->cwd_len = off - mark;
+
+	/* Track before output so a fast exit cannot be missed; BPF_ANY re-arms a re-exec. */
+	__u32 tgid = e->tgid;
+
+	if (bpf_map_update_elem(&tracked, &tgid, &now, BPF_ANY)) {
+		flags |= PM_F_NOT_TRACKED;
+		c->exec_not_tracked++;
+	}
+	e->flags = flags;
+
+	off &= PM_DATA_MASK;
+	__u32 size = sizeof(struct pm_exec) + off;
+
+	e->hdr.size = size;
+	if (bpf_ringbuf_output(&events, s, size, wakeup_flag(c, cfg, size))) {
+		c->exec_drop_ringbuf++;
+		/* no exec record: do not emit an orphan exit for it either */
+		bpf_map_delete_elem(&tracked, &tgid);
+		return 0;
+	}
+	c->exec_emitted++;
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(handle_exit, struct task_struct *task, bool group_dead)
+{
+	__u32 zero = 0;
+	struct pm_config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	struct pm_counters *c = get_counters();
+
+	/* Only the end of the whole thread group is a process exit. */
+	if (!group_dead || !cfg || !c || !cfg->enabled)
+		return 0;
+	c->exit_seen++;
+
+	__u32 tgid = BPF_CORE_READ(task, tgid);
+
+	/* delete succeeds for exactly one caller: at most one exit per exec'd tgid */
+	if (bpf_map_delete_elem(&tracked, &tgid)) {
+		c->exit_filtered++;
+		return 0;
+	}
+
+	struct pm_exit *x = bpf_ringbuf_reserve(&events, sizeof(*x), 0);
+
+	if (!x) {
+		c->exit_drop_ringbuf++;
+		return 0;
+	}
+	/*
+	 * The status waitpid() will report (wait_task_zombie): the group exit code when the
+	 * group was killed / exit_group()ed (incl. the 0x80 core flag set by the coredump),
+	 * else the leader's own exit code (the leader may have left with SYS_exit earlier,
+	 * and this last thread's code is then not what the parent sees).
+	 */
+	struct signal_struct *sig = BPF_CORE_READ(task, signal);
+	__u32 status;
+
+	if (BPF_CORE_READ(sig, flags) & SIGNAL_GROUP_EXIT)
+		status = BPF_CORE_READ(sig, group_exit_code);
+	else
+		status = BPF_CORE_READ(task, group_leader, exit_code);
+
+	x->hdr.type = PM_EV_EXIT;
+	x->hdr.version = PM_ABI_VERSION;
+	x->hdr.size = sizeof(*x);
+	x->hdr.ts_ns = bpf_ktime_get_boot_ns();
+	x->tgid = tgid;
+	x->status = status;
+	x->last_tid = BPF_CORE_READ(task, pid);
+	x->flags = 0;
+	c->exit_emitted++;
+	bpf_ringbuf_submit(x, wakeup_flag(c, cfg, sizeof(*x)));
+	return 0;
+}

@@ -1,0 +1,233 @@
+"""Decoding of the ring buffer records defined in ``bpf/procmon_event.h``.
+
+The ctypes structures below mirror the header field by field (tests/test_layout.py
+compiles the header with gcc and compares every size and offset); the dataclasses are
+what the rest of the agent sees.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+ABI_VERSION = 1
+
+NODENAME_LEN = 72
+PREFIX_MAX = 64
+ARGV_MAX = 65536
+PATH_MAX = 4096
+NAME_MAX = 256
+MAX_DEPTH = 64
+
+EV_EXEC = 1
+EV_EXIT = 2
+
+F_ARGV_TRUNC = 1 << 0
+F_ARGV_ERR = 1 << 1
+F_FILENAME_TRUNC = 1 << 2
+F_EXE_TRUNC = 1 << 3
+F_EXE_UNREACH = 1 << 4
+F_CWD_TRUNC = 1 << 5
+F_CWD_UNREACH = 1 << 6
+F_NOT_TRACKED = 1 << 7
+
+_u16, _u32, _u64 = ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
+
+
+class PmHdr(ctypes.Structure):
+    _fields_ = (("type", _u16), ("version", _u16), ("size", _u32), ("ts_ns", _u64))
+
+
+class PmExec(ctypes.Structure):
+    _fields_ = (
+        ("hdr", PmHdr),
+        ("tgid", _u32),
+        ("ns_tgid", _u32),
+        ("ppid", _u32),
+        ("uid", _u32),
+        ("gid", _u32),
+        ("flags", _u32),
+        ("cgroup_id", _u64),
+        ("fork_ns", _u64),
+        ("pidns_ino", _u32),
+        ("mntns_ino", _u32),
+        ("argv_len", _u32),
+        ("argv_orig_len", _u32),
+        ("filename_len", _u16),
+        ("exe_len", _u16),
+        ("cwd_len", _u16),
+        ("_pad0", _u16),
+        ("nodename", ctypes.c_char * NODENAME_LEN),
+    )
+
+
+class PmExit(ctypes.Structure):
+    _fields_ = (
+        ("hdr", PmHdr),
+        ("tgid", _u32),
+        ("status", _u32),
+        ("last_tid", _u32),
+        ("flags", _u32),
+    )
+
+
+class PmConfig(ctypes.Structure):
+    _fields_ = (
+        ("prefix", ctypes.c_char * PREFIX_MAX),
+        ("prefix_len", _u32),
+        ("enabled", _u32),
+        ("wakeup_every", _u32),
+        ("wakeup_bytes", _u32),
+    )
+
+
+class PmCounters(ctypes.Structure):
+    _fields_ = (
+        ("exec_seen", _u64),
+        ("exec_emitted", _u64),
+        ("exec_filtered", _u64),
+        ("exec_drop_ringbuf", _u64),
+        ("exec_drop_scratch", _u64),
+        ("exit_seen", _u64),
+        ("exit_emitted", _u64),
+        ("exit_filtered", _u64),
+        ("exit_drop_ringbuf", _u64),
+        ("exec_read_err", _u64),
+        ("exec_not_tracked", _u64),
+        ("wakeups", _u64),
+    )
+
+
+class DecodeError(ValueError):
+    """A record does not match the layout (a kernel/user ABI mismatch or a bug)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecEvent:
+    ts_ns: int  # CLOCK_BOOTTIME
+    tgid: int
+    ns_tgid: int
+    ppid: int
+    uid: int
+    gid: int
+    flags: int
+    cgroup_id: int
+    fork_ns: int
+    pidns: int
+    mntns: int
+    nodename: str
+    filename: str
+    argv: tuple[str, ...]
+    argv_truncated: bool
+    argv_len: int  # original bytes of argv (NUL separators included)
+    exe: str  # path inside the container ("" when unknown)
+    cwd: str  # path inside the container ("" when unknown)
+
+    def flag(self, bit: int) -> bool:
+        return bool(self.flags & bit)
+
+
+@dataclass(frozen=True, slots=True)
+class ExitEvent:
+    ts_ns: int  # CLOCK_BOOTTIME
+    tgid: int
+    status: int  # wait status
+    last_tid: int
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit code (WEXITSTATUS) when the process exited, None when killed."""
+        return (self.status >> 8) & 0xFF if self.status & 0x7F == 0 else None
+
+    @property
+    def signal(self) -> int | None:
+        """The terminating signal (WTERMSIG), None when it exited normally."""
+        return self.status & 0x7F if self.status & 0x7F else None
+
+    @property
+    def core_dumped(self) -> bool:
+        return bool(self.status & 0x7F) and bool(self.status & 0x80)
+
+
+Event = ExecEvent | ExitEvent
+
+
+def _text(raw: bytes) -> str:
+    # Paths and args are bytes on Linux; keep undecodable bytes round-trippable.
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _argv(raw: bytes) -> tuple[str, ...]:
+    # The arg area is "a\0b\0c\0"; a truncated one ends inside an argument, which is kept.
+    if not raw:
+        return ()
+    if raw.endswith(b"\0"):
+        raw = raw[:-1]
+    return tuple(_text(a) for a in raw.split(b"\0"))
+
+
+def _path(raw: bytes, unreachable: bool) -> str:
+    """Components leaf first, each NUL-ended -> "/a/b/c"; "" when the path is unknown."""
+    parts = raw.split(b"\0")[:-1]
+    if unreachable and not parts:
+        return ""
+    return "/" + "/".join(_text(p) for p in reversed(parts))
+
+
+def _exec(buf: bytes) -> ExecEvent:
+    head = ctypes.sizeof(PmExec)
+    if len(buf) < head:
+        raise DecodeError(f"exec record of {len(buf)} bytes < {head}")
+    r = PmExec.from_buffer_copy(buf)
+    a, f, x, c = r.argv_len, r.filename_len, r.exe_len, r.cwd_len
+    if head + a + f + x + c != r.hdr.size or r.hdr.size > len(buf):
+        raise DecodeError(
+            f"exec record size {r.hdr.size} (buffer {len(buf)}) != {head}+{a}+{f}+{x}+{c}"
+        )
+    p = head
+    argv_raw, p = buf[p : p + a], p + a
+    fname_raw, p = buf[p : p + f], p + f
+    exe_raw, p = buf[p : p + x], p + x
+    cwd_raw = buf[p : p + c]
+    truncated = bool(r.flags & F_ARGV_TRUNC)
+    return ExecEvent(
+        ts_ns=r.hdr.ts_ns,
+        tgid=r.tgid,
+        ns_tgid=r.ns_tgid,
+        ppid=r.ppid,
+        uid=r.uid,
+        gid=r.gid,
+        flags=r.flags,
+        cgroup_id=r.cgroup_id,
+        fork_ns=r.fork_ns,
+        pidns=r.pidns_ino,
+        mntns=r.mntns_ino,
+        nodename=_text(r.nodename),
+        filename=_text(fname_raw.split(b"\0", 1)[0]),
+        argv=_argv(argv_raw),
+        argv_truncated=truncated,
+        argv_len=r.argv_orig_len,
+        exe=_path(exe_raw, bool(r.flags & F_EXE_UNREACH)),
+        cwd=_path(cwd_raw, bool(r.flags & F_CWD_UNREACH)),
+    )
+
+
+def _exit(buf: bytes) -> ExitEvent:
+    if len(buf) < ctypes.sizeof(PmExit):
+        raise DecodeError(f"exit record of {len(buf)} bytes < {ctypes.sizeof(PmExit)}")
+    r = PmExit.from_buffer_copy(buf)
+    return ExitEvent(ts_ns=r.hdr.ts_ns, tgid=r.tgid, status=r.status, last_tid=r.last_tid)
+
+
+def decode(buf: bytes) -> Event:
+    """One ring buffer record -> an event; raises DecodeError on a malformed record."""
+    if len(buf) < ctypes.sizeof(PmHdr):
+        raise DecodeError(f"record of {len(buf)} bytes is shorter than its header")
+    hdr = PmHdr.from_buffer_copy(buf)
+    if hdr.version != ABI_VERSION:
+        raise DecodeError(f"record ABI version {hdr.version}, expected {ABI_VERSION}")
+    if hdr.type == EV_EXEC:
+        return _exec(buf)
+    if hdr.type == EV_EXIT:
+        return _exit(buf)
+    raise DecodeError(f"unknown record type {hdr.type}")

@@ -1,0 +1,188 @@
+"""Load and attach procmon.bpf.o, read its ring buffer and counters, pair events.
+
+Usage::
+
+    with Tracer(TracerConfig(prefix="jcode-")) as t:
+        while True:
+            for record in t.poll():
+                ...
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from watcher_procmon import libbpf
+from watcher_procmon.events import (
+    PREFIX_MAX,
+    Event,
+    PmConfig,
+    PmCounters,
+    decode,
+)
+from watcher_procmon.objpath import find_bpf_object
+from watcher_procmon.records import BootClock, Pairer, ProcessRecord
+
+log = logging.getLogger("watcher_procmon.tracer")
+
+BTF_PATH = Path("/sys/kernel/btf/vmlinux")
+PROGRAMS = ("handle_exec", "handle_exit")
+
+
+class TracerError(RuntimeError):
+    """procmon cannot run here; the message says why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class TracerConfig:
+    prefix: str = "jcode-"  # UTS nodename prefix of student containers ("" = everything)
+    ringbuf_bytes: int = 8 << 20  # power of two, multiple of the page size
+    wakeup_every: int = 64  # wake the reader every N records per CPU ...
+    wakeup_bytes: int = 16 << 10  # ... or at once for a record this large
+    poll_ms: int = 50  # ... and read whatever is there at least this often
+    bpf_object: Path | None = None  # default: objpath.find_bpf_object()
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    exec_seen: int
+    exec_emitted: int
+    exec_filtered: int
+    exec_drop_ringbuf: int
+    exec_drop_scratch: int
+    exit_seen: int
+    exit_emitted: int
+    exit_filtered: int
+    exit_drop_ringbuf: int
+    exec_read_err: int
+    exec_not_tracked: int
+    wakeups: int
+
+    @property
+    def dropped(self) -> int:
+        return self.exec_drop_ringbuf + self.exec_drop_scratch + self.exit_drop_ringbuf
+
+    def balanced(self) -> bool:
+        """seen == emitted + filtered + dropped, for execs and for exits."""
+        return (
+            self.exec_seen
+            == self.exec_emitted
+            + self.exec_filtered
+            + self.exec_drop_ringbuf
+            + self.exec_drop_scratch
+            and self.exit_seen == self.exit_emitted + self.exit_filtered + self.exit_drop_ringbuf
+        )
+
+
+def check_environment() -> None:
+    """Fail early with an actionable message (before libbpf's generic errors)."""
+    if not BTF_PATH.exists():
+        raise TracerError(
+            f"{BTF_PATH} is missing: this kernel has no BTF (CONFIG_DEBUG_INFO_BTF=y is "
+            "needed for CO-RE); procmon cannot run on it"
+        )
+
+
+def _privilege_hint(exc: OSError) -> str:
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return (
+            " -- insufficient privileges: run as root, or grant CAP_BPF + CAP_PERFMON "
+            "(CAP_SYS_ADMIN also works)"
+        )
+    return ""
+
+
+class Tracer:
+    def __init__(self, config: TracerConfig | None = None) -> None:
+        self.config = cfg = config or TracerConfig()
+        prefix = cfg.prefix.encode()
+        if len(prefix) > PREFIX_MAX:
+            raise ValueError(f"prefix longer than {PREFIX_MAX} bytes")
+        check_environment()
+        path = cfg.bpf_object or find_bpf_object()
+        self.pairer = Pairer(BootClock())
+        self._events: list[Event] = []
+        self._obj: libbpf.BpfObject | None = None
+        self._rb: libbpf.RingBuffer | None = None
+        try:
+            self._open(path, prefix)
+        except OSError as exc:
+            self.close()
+            raise TracerError(f"{exc}{_privilege_hint(exc)}") from exc
+
+    def _open(self, path: Path, prefix: bytes) -> None:
+        cfg = self.config
+        self._obj = obj = libbpf.BpfObject(path)
+        self._ncpu = libbpf.num_possible_cpus()
+        obj.map("events").set_max_entries(cfg.ringbuf_bytes)
+        obj.map("scratch").set_max_entries(self._ncpu)  # one exec scratch area per CPU
+        obj.load()
+        self._stats = obj.map("stats")
+        self._counter_slot = (self._stats.value_size + 7) & ~7  # per-CPU values are 8-aligned
+        # config before attach: until "enabled" is set the programs do nothing
+        c = PmConfig(
+            prefix=prefix,
+            prefix_len=len(prefix),
+            enabled=1,
+            wakeup_every=cfg.wakeup_every,
+            wakeup_bytes=cfg.wakeup_bytes,
+        )
+        obj.map("settings").update(ctypes.c_uint32(0), c)
+        self._rb = libbpf.RingBuffer(obj.map("events"), self._on_record)
+        for prog in PROGRAMS:
+            obj.attach(prog)
+        log.info("procmon BPF attached (%s, prefix %r)", path, self.config.prefix)
+
+    def _on_record(self, raw: bytes) -> None:
+        self._events.append(decode(raw))
+
+    def read_events(self, timeout_ms: int | None = None) -> list[Event]:
+        """Raw events: waits for a wakeup up to ``timeout_ms`` (default poll_ms), then also
+        takes the records that were submitted without one."""
+        if self._rb is None:
+            raise TracerError("tracer is closed")
+        self._rb.poll(self.config.poll_ms if timeout_ms is None else timeout_ms)
+        self._rb.consume()
+        out, self._events = self._events, []
+        return out
+
+    def poll(self, timeout_ms: int | None = None) -> list[ProcessRecord]:
+        """Completed process records."""
+        done: list[ProcessRecord] = []
+        for ev in self.read_events(timeout_ms):
+            rec = self.pairer.feed(ev)
+            if rec is not None:
+                done.append(rec)
+        return done
+
+    def counters(self) -> Counters:
+        """The in-kernel counters summed over CPUs (each CPU's slice is read atomically,
+        the whole is not: compare at rest, or retry)."""
+        if self._obj is None:
+            raise TracerError("tracer is closed")
+        buf = (ctypes.c_uint8 * (self._counter_slot * self._ncpu))()
+        self._stats.lookup(ctypes.c_uint32(0), buf)
+        total = dict.fromkeys((f.name for f in fields(Counters)), 0)
+        for cpu in range(self._ncpu):
+            one = PmCounters.from_buffer(buf, cpu * self._counter_slot)
+            for name in total:
+                total[name] += getattr(one, name)
+        return Counters(**total)
+
+    def close(self) -> None:
+        if self._rb is not None:
+            self._rb.free()
+            self._rb = None
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+    def __enter__(self) -> Tracer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
