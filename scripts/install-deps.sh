@@ -24,6 +24,12 @@ APT_PACKAGES=(
   util-linux    # unshare, taskset (bench pinning)
   procps        # ps, kill (pid-file based start/stop)
   psmisc        # fuser (who holds a port)
+  clang         # procmon: compiles bpf/procmon.bpf.c (build time only)
+  libbpf-dev    # procmon: bpf_helpers.h / bpf_core_read.h for the BPF build
+  libbpf1       # procmon: libbpf.so.1, loaded at run time through ctypes
+  bpftool       # procmon: dumps vmlinux.h from /sys/kernel/btf/vmlinux
+  make          # procmon: make -C packages/procmon bpf
+  gcc           # procmon tests: header layout probe and student C workloads
 )
 
 # uv must never try to download a Python build from outside the allowed registries.
