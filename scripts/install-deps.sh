@@ -30,6 +30,7 @@ APT_PACKAGES=(
   bpftool       # procmon: dumps vmlinux.h from /sys/kernel/btf/vmlinux
   make          # procmon: make -C packages/procmon bpf
   gcc           # procmon tests: header layout probe and student C workloads
+  libc6-dev     # procmon tests: libc/pthread headers + linux/types.h for the C probes
 )
 
 # uv must never try to download a Python build from outside the allowed registries.
