@@ -1,0 +1,114 @@
+"""Content-addressed file content: verified by SHA-256, zstd-compressed, stored once.
+
+``prepare_blob`` (hash + compress) is pure CPU and can run outside the writer thread;
+``insert_blob`` is the cheap database part.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+
+import zstandard
+from sqlalchemy import Connection, select
+
+from watcher_common.timeutil import now_us
+
+from .db.tables import BLOBS
+from .db.upsert import insert_ignore
+
+ZSTD_LEVEL = 3
+# Below this, zstd's frame overhead makes compression pointless.
+MIN_COMPRESS = 64
+
+_local = threading.local()
+
+
+class BlobHashMismatch(ValueError):
+    """The bytes do not hash to the sha256 they were sent under."""
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedBlob:
+    sha256: str
+    size: int
+    codec: str  # "zstd" | "raw"
+    data: bytes
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    # ZstdCompressor objects are not thread-safe: one per thread.
+    comp: zstandard.ZstdCompressor | None = getattr(_local, "comp", None)
+    if comp is None:
+        comp = _local.comp = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return comp
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dec: zstandard.ZstdDecompressor | None = getattr(_local, "dec", None)
+    if dec is None:
+        dec = _local.dec = zstandard.ZstdDecompressor()
+    return dec
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def prepare_blob(sha256: str, data: bytes) -> PreparedBlob:
+    """Verify ``data`` hashes to ``sha256`` and compress it (raw when that does not help)."""
+    if sha256_hex(data) != sha256:
+        raise BlobHashMismatch("content does not match its sha256")
+    if len(data) >= MIN_COMPRESS:
+        packed = _compressor().compress(data)
+        if len(packed) < len(data):
+            return PreparedBlob(sha256, len(data), "zstd", packed)
+    return PreparedBlob(sha256, len(data), "raw", bytes(data))
+
+
+def insert_blob(conn: Connection, blob: PreparedBlob) -> bool:
+    """Store a prepared blob; False when that sha256 was already stored (dedupe)."""
+    row = {
+        "sha256": blob.sha256,
+        "size": blob.size,
+        "stored_size": len(blob.data),
+        "codec": blob.codec,
+        "data": blob.data,
+        "created_us": now_us(),
+    }
+    return insert_ignore(conn, BLOBS, row, ("sha256",))
+
+
+def store_blob(conn: Connection, sha256: str, data: bytes) -> bool:
+    """Verify, compress and store ``data``; True if created, False if it already existed."""
+    if blob_exists(conn, sha256):
+        if sha256_hex(data) != sha256:
+            raise BlobHashMismatch("content does not match its sha256")
+        return False
+    return insert_blob(conn, prepare_blob(sha256, data))
+
+
+def blob_exists(conn: Connection, sha256: str) -> bool:
+    return conn.execute(select(BLOBS.c.sha256).where(BLOBS.c.sha256 == sha256)).first() is not None
+
+
+def blob_size(conn: Connection, sha256: str) -> int | None:
+    return conn.execute(select(BLOBS.c.size).where(BLOBS.c.sha256 == sha256)).scalar()
+
+
+def decode_blob(codec: str, data: bytes, size: int) -> bytes:
+    if codec == "raw":
+        return bytes(data)
+    if codec == "zstd":
+        return _decompressor().decompress(data, max_output_size=size)
+    raise ValueError(f"unknown blob codec {codec!r}")
+
+
+def load_blob(conn: Connection, sha256: str) -> bytes | None:
+    row = conn.execute(
+        select(BLOBS.c.codec, BLOBS.c.data, BLOBS.c.size).where(BLOBS.c.sha256 == sha256)
+    ).first()
+    if row is None:
+        return None
+    return decode_blob(row.codec, row.data, row.size)

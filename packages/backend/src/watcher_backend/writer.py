@@ -1,0 +1,326 @@
+"""Group commit: one thread, one connection, one transaction for everything queued.
+
+Requests from many clients land in a queue; the writer thread takes all of it (up to a
+cap), applies each event inside its own SAVEPOINT (a failing event rolls back only
+itself) and commits once — one fsync for many requests. Results go back to the awaiting
+coroutines with one ``call_soon_threadsafe`` per event loop per commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+
+from watcher_common.wire import Event, EventResult, ResultStatus
+
+from .db.rawsql import RawSql, raw_for
+from .store import IdCache, Retry, StoreError, apply_event
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# (events applied, requests served, seconds the transaction took)
+CommitHook = Callable[[int, int, float], None]
+EventHook = Callable[[str, str], None]  # (kind, status) per applied event
+
+
+class WriterStopped(RuntimeError):
+    """The writer is not running (shutting down or never started)."""
+
+
+@dataclass(slots=True)
+class _Item:
+    events: Sequence[Event] | None = None
+    fn: Callable[[Connection], Any] | None = None
+    invalidate_cache: bool = False
+    loop: asyncio.AbstractEventLoop | None = None
+    afut: asyncio.Future[Any] | None = None
+    cfut: concurrent.futures.Future[Any] | None = None
+    result: Any = None
+    error: BaseException | None = field(default=None)
+
+    @property
+    def weight(self) -> int:
+        return len(self.events) if self.events is not None else 1
+
+
+_STOP = object()
+
+
+def _db_error_result(ev: Event, exc: BaseException, dbapi: Any) -> EventResult:
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    name = type(orig).__name__
+    if isinstance(exc, OperationalError) or isinstance(orig, dbapi.OperationalError):
+        log.warning("event not stored: database error %s", name)
+        return EventResult(event_id=ev.event_id, status="retry", error="database busy")
+    # Constraint or data errors: the event itself is at fault. The driver's message may
+    # hold row values (student ids), so only the type is logged and answered.
+    log.warning("event rejected by the database: %s", name)
+    return EventResult(
+        event_id=ev.event_id, status="rejected", error=f"database refused the event ({name})"
+    )
+
+
+def _resolve_async(items: list[_Item]) -> None:
+    for it in items:
+        fut = it.afut
+        if fut is None or fut.done():  # cancelled by a disconnected client
+            continue
+        if it.error is not None:
+            fut.set_exception(it.error)
+        else:
+            fut.set_result(it.result)
+
+
+class GroupCommitWriter:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch: int = 5000,
+        on_commit: CommitHook | None = None,
+        on_event: EventHook | None = None,
+    ) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.on_commit = on_commit
+        self.on_event = on_event
+        self.cache = IdCache()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._conn: Connection | None = None
+        self._running = False
+        # counters, written by the writer thread only
+        self.commits = 0
+        self.rollbacks = 0
+        self.events_applied = 0
+        self.items_served = 0
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._running = True
+        self._thread = threading.Thread(target=self._loop, name="watcher-writer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish what is queued, then stop the thread and close the connection."""
+        if self._thread is None:
+            return
+        self._running = False
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    # ---- API ------------------------------------------------------------------------------
+
+    async def submit(self, events: Sequence[Event]) -> list[EventResult]:
+        """Apply ``events`` (each in its own savepoint) in the next group commit."""
+        if not events:
+            return []
+        return cast(list[EventResult], await self._enqueue_async(_Item(events=events)))
+
+    async def run(self, fn: Callable[[Connection], T], *, invalidate_cache: bool = False) -> T:
+        """Run ``fn(conn)`` in the writer's transaction (in a savepoint) and return its result.
+
+        Pass ``invalidate_cache=True`` if ``fn`` changes classes/students/assignments/files.
+        """
+        item = _Item(fn=fn, invalidate_cache=invalidate_cache)
+        return cast(T, await self._enqueue_async(item))
+
+    def submit_sync(self, events: Sequence[Event]) -> list[EventResult]:
+        """``submit`` for threads (FastAPI ``def`` endpoints); blocks until committed."""
+        if not events:
+            return []
+        return cast(list[EventResult], self._enqueue_sync(_Item(events=events)))
+
+    def run_sync(self, fn: Callable[[Connection], T], *, invalidate_cache: bool = False) -> T:
+        return cast(T, self._enqueue_sync(_Item(fn=fn, invalidate_cache=invalidate_cache)))
+
+    async def _enqueue_async(self, item: _Item) -> Any:
+        if not self._running:
+            raise WriterStopped("the database writer is not running")
+        loop = asyncio.get_running_loop()
+        item.loop = loop
+        item.afut = loop.create_future()
+        self._queue.put(item)
+        return await item.afut
+
+    def _enqueue_sync(self, item: _Item) -> Any:
+        if not self._running:
+            raise WriterStopped("the database writer is not running")
+        item.cfut = concurrent.futures.Future()
+        self._queue.put(item)
+        return item.cfut.result()
+
+    # ---- the writer thread ------------------------------------------------------------
+
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is _STOP:
+                break
+            batch: list[_Item] = [first]
+            weight = first.weight
+            while weight < self.max_batch:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stopping = True
+                    break
+                batch.append(nxt)
+                weight += nxt.weight
+            self._process(batch)
+        self._fail_pending()
+        self._close()
+
+    def _fail_pending(self) -> None:
+        leftovers: list[_Item] = []
+        while True:
+            try:
+                it = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(it, _Item):
+                it.error = WriterStopped("the database writer stopped")
+                leftovers.append(it)
+        self._resolve(leftovers)
+
+    def _connection(self) -> Connection:
+        if self._conn is None:
+            self._conn = self.engine.connect()
+        return self._conn
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except SQLAlchemyError:
+                log.warning("closing the writer connection failed", exc_info=True)
+            self._conn = None
+
+    def _process(self, batch: list[_Item]) -> None:
+        t0 = time.perf_counter()
+        n_events = 0
+        try:
+            conn = self._connection()
+            with conn.begin():
+                for item in batch:
+                    if item.events is not None:
+                        item.result = self._apply_events(conn, item.events)
+                        n_events += len(item.events)
+                    else:
+                        self._apply_fn(conn, item)
+            self.commits += 1
+        except Exception as exc:
+            # The whole transaction is gone: every caller learns it, nothing was stored.
+            self.rollbacks += 1
+            self.cache.clear()
+            log.error(
+                "writer transaction failed (%s); %d requests answered with an error",
+                type(exc).__name__,
+                len(batch),
+            )
+            log.debug("writer transaction failure", exc_info=True)
+            for item in batch:
+                item.result = None
+                item.error = exc
+            self._close()  # reconnect next time (the connection may be broken)
+            n_events = 0
+        else:
+            if self.on_event is not None:
+                for item in batch:
+                    if item.events is not None:
+                        for ev, res in zip(item.events, item.result, strict=True):
+                            self.on_event(ev.kind, res.status)
+        self.events_applied += n_events
+        self.items_served += len(batch)
+        self.cache.trim()
+        self._resolve(batch)
+        if self.on_commit is not None and n_events:
+            self.on_commit(n_events, len(batch), time.perf_counter() - t0)
+
+    def _apply_events(self, conn: Connection, events: Sequence[Event]) -> list[EventResult]:
+        results: list[EventResult] = []
+        cache = self.cache
+        raw = raw_for(conn, cache.raw_holder)
+        dbapi = conn.dialect.loaded_dbapi
+        for ev in events:
+            raw.execute("SAVEPOINT ev")
+            try:
+                status = apply_event(conn, ev, cache)
+            except StoreError as exc:
+                self._rollback_event(raw)
+                st: ResultStatus = "retry" if isinstance(exc, Retry) else "rejected"
+                results.append(EventResult(event_id=ev.event_id, status=st, error=exc.message))
+            except (DBAPIError, dbapi.Error) as exc:
+                self._rollback_event(raw)
+                results.append(_db_error_result(ev, exc, dbapi))
+            except Exception:
+                # A bug must not take the other requests of the group down with it.
+                self._rollback_event(raw)
+                log.exception("event %s could not be applied", ev.kind)
+                results.append(
+                    EventResult(event_id=ev.event_id, status="retry", error="internal error")
+                )
+            else:
+                raw.execute("RELEASE SAVEPOINT ev")
+                results.append(EventResult(event_id=ev.event_id, status=status))
+        return results
+
+    def _rollback_event(self, raw: RawSql) -> None:
+        raw.execute("ROLLBACK TO SAVEPOINT ev")
+        raw.execute("RELEASE SAVEPOINT ev")
+        # ids or file states cached inside the savepoint may be gone now
+        self.cache.clear()
+
+    def _apply_fn(self, conn: Connection, item: _Item) -> None:
+        assert item.fn is not None
+        conn.exec_driver_sql("SAVEPOINT fn")
+        try:
+            item.result = item.fn(conn)
+        except Exception as exc:
+            conn.exec_driver_sql("ROLLBACK TO SAVEPOINT fn")
+            conn.exec_driver_sql("RELEASE SAVEPOINT fn")
+            self.cache.clear()
+            item.error = exc
+        else:
+            conn.exec_driver_sql("RELEASE SAVEPOINT fn")
+            if item.invalidate_cache:
+                self.cache.clear()
+
+    def _resolve(self, batch: list[_Item]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Item]] = {}
+        for item in batch:
+            if item.cfut is not None:
+                if item.error is not None:
+                    item.cfut.set_exception(item.error)
+                else:
+                    item.cfut.set_result(item.result)
+            elif item.loop is not None:
+                by_loop.setdefault(item.loop, []).append(item)
+        for loop, items in by_loop.items():
+            # RuntimeError: that loop is closed, nobody is waiting any more
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve_async, items)
