@@ -111,7 +111,7 @@ def top_students(conn: Connection, asg: int) -> list[TopStudent]:
                 FileRow.student_pk.in_([r.student_pk for r in top]),
             )
             .group_by(FileRow.student_pk)
-        ).tuples()
+        ).all()
     )
     return [
         TopStudent(
@@ -203,9 +203,11 @@ def get_total_graph_data(
             select(StudentRow.student_id, func.coalesce(func.sum(func.abs(steps.c.delta)), 0))
             .join(StudentRow, StudentRow.id == steps.c.student_pk)
             .group_by(StudentRow.student_id)
-            .order_by(StudentRow.student_id)
         ).all()
-    return SizeChanges(results=[SizeChange(student_num=r[0], size_change=int(r[1])) for r in rows])
+    # Sorted here: the same order on every database, whatever its collation.
+    return SizeChanges(
+        results=[SizeChange(student_num=r[0], size_change=int(r[1])) for r in sorted(rows)]
+    )
 
 
 def _avg_runs(request: Request, class_div: str, hw_name: str, categories: tuple[str, ...]) -> float:

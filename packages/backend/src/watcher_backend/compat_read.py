@@ -306,18 +306,17 @@ def get_file_names(request: Request, class_div: str, hw_name: str, student_id: s
         if scope is None:
             return []
         has_snapshot = exists().where(SnapshotRow.file_id == FileRow.id)
-        return list(
-            conn.execute(
-                select(FileRow.compat_name)
-                .where(
-                    FileRow.student_pk == scope.student_pk,
-                    FileRow.assignment_id == scope.assignment_id,
-                    (FileRow.deleted.is_(False)) | has_snapshot,
-                )
-                .distinct()
-                .order_by(FileRow.compat_name)
-            ).scalars()
-        )
+        names = conn.execute(
+            select(FileRow.compat_name)
+            .where(
+                FileRow.student_pk == scope.student_pk,
+                FileRow.assignment_id == scope.assignment_id,
+                (FileRow.deleted.is_(False)) | has_snapshot,
+            )
+            .distinct()
+        ).scalars()
+        # Sorted here, by code point: database collations differ (PostgreSQL's ignores '@').
+        return sorted(names)
 
 
 @generic_router.get("/api/{class_div}/{hw_name}/{student_id}/{filename}")

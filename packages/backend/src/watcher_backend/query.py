@@ -172,12 +172,12 @@ def list_classes(request: Request) -> list[ClassInfo]:
         students = dict(
             conn.execute(
                 select(StudentRow.class_id, func.count()).group_by(StudentRow.class_id)
-            ).tuples()
+            ).all()
         )
         assignments = dict(
             conn.execute(
                 select(AssignmentRow.class_id, func.count()).group_by(AssignmentRow.class_id)
-            ).tuples()
+            ).all()
         )
         rows = conn.execute(
             select(ClassRow.id, ClassRow.class_div, ClassRow.subject, ClassRow.division).order_by(
@@ -289,7 +289,7 @@ def list_students(
                     .group_by(FileRow.student_pk),
                     FileRow.assignment_id,
                 )
-            ).tuples()
+            ).all()
         )
         runs = {
             r[0]: r
