@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# `make bench`: run every benchmark, print its numbers, and rewrite docs/benchmarks.md.
+# Numbers, not pass/fail: a benchmark that errors is recorded as failed and the rest go on.
+# Select some with BENCHES="a c" make bench; BENCH_NOTE="..." adds a line to the report.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export UV_PYTHON_DOWNLOADS="${UV_PYTHON_DOWNLOADS:-never}"
+export BENCH_OUT="${BENCH_OUT:-$ROOT/.run/bench}"
+
+declare -A SCRIPTS=(
+  [a]=bench/compat_write.py
+  [b]=bench/ingest_batch.py
+  [c]=bench/assignment_aggregate.py
+  [d]=bench/metrics_cardinality.py
+)
+read -r -a selected <<<"${BENCHES:-a b c d}"
+
+rm -rf "$BENCH_OUT"
+mkdir -p "$BENCH_OUT"
+failed=()
+for id in "${selected[@]}"; do
+  script="${SCRIPTS[$id]:-}"
+  [[ -n "$script" ]] || { echo "[bench] unknown benchmark '$id' (a b c d)"; exit 2; }
+  echo "[bench] ---- $id: uv run python $script"
+  uv run --no-sync python "$script" || failed+=("$id")
+done
+
+uv run --no-sync python bench/report.py
+if ((${#failed[@]})); then
+  echo "[bench] these benchmarks could not run to the end: ${failed[*]} (see above and docs/benchmarks.md)"
+  exit 1
+fi
+echo "[bench] done: numbers are in docs/benchmarks.md"
