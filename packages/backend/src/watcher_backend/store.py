@@ -14,12 +14,18 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import Connection
 
+from watcher_common.identity import (
+    DEFAULT,
+    IdentityConfig,
+    NotStudent,
+    Workspace,
+    parse_workspace_dir,
+)
 from watcher_common.timeutil import now_us, to_us
 from watcher_common.wire import (
     Event,
@@ -62,10 +68,11 @@ class FileState:
 class IdCache:
     """Ids of identity rows and sizes of known blobs, owned by the writer's connection."""
 
-    def __init__(self, max_entries: int = 500_000) -> None:
+    def __init__(self, max_entries: int = 500_000, identity: IdentityConfig | None = None) -> None:
         self.max_entries = max_entries
+        self.identity = IdentityConfig.from_env() if identity is None else identity
         self.classes: dict[str, int] = {}
-        self.students: dict[tuple[int, str], int] = {}
+        self.students: dict[tuple[str, str], tuple[int, int]] = {}  # -> (class id, pk)
         self.assignments: dict[tuple[int, str], int] = {}
         self.files: dict[tuple[int, int, str], FileState] = {}
         self.blob_sizes: dict[str, int] = {}
@@ -138,51 +145,44 @@ INS_CELL = (
 
 # ---- identity --------------------------------------------------------------------------
 
-_CLASS_DIV_RE = re.compile(r"^(?P<subject>[^\s/\\]+)-(?P<division>[^\s/\\-]{1,32})$")
-_STUDENT_RE = re.compile(r"^[^\s/\\-]{1,64}$")
 
-
-def split_class_div(class_div: str) -> tuple[str, str]:
-    """``"data-structure-1"`` → ``("data-structure", "1")``; Rejected if malformed."""
-    m = _CLASS_DIV_RE.match(class_div)
-    if m is None:
-        raise Rejected(
-            f"class_div {class_div!r} must be '<subject>-<division>' "
-            "(no spaces or slashes; division without '-', at most 32 characters)"
-        )
-    return m["subject"], m["division"]
-
-
-def check_student_id(student_id: str) -> None:
-    if _STUDENT_RE.match(student_id) is None:
-        raise Rejected("student_id must be 1-64 characters without spaces, slashes or '-'")
+def check_identity(class_div: str, student_id: str, cfg: IdentityConfig = DEFAULT) -> Workspace:
+    """The workspace ``<class_div>-<student_id>`` names, or Rejected with the reason."""
+    ws = parse_workspace_dir(f"{class_div}-{student_id}", cfg)
+    if isinstance(ws, NotStudent):
+        raise Rejected(f"identity: {ws.reason}")
+    if ws.class_div != class_div or ws.student_id != student_id:
+        raise Rejected("identity: class_div and student_id do not split unambiguously")
+    return ws
 
 
 def compat_name(path: str) -> str:
     return path.replace("/", "@")
 
 
-def _class_id(raw: RawSql, cache: IdCache, class_div: str) -> int:
+def _class_id(raw: RawSql, cache: IdCache, ws: Workspace) -> int:
+    class_div = ws.class_div
     cid = cache.classes.get(class_div)
     if cid is None:
-        subject, division = split_class_div(class_div)
         cid = raw.scalar(SEL_CLASS, (class_div,))
         if cid is None:
-            cid = raw.insert_id(INS_CLASS, (class_div, subject, division))
+            cid = raw.insert_id(INS_CLASS, (class_div, ws.subject, ws.division))
         cache.classes[class_div] = cid
     return cid
 
 
-def _student_pk(raw: RawSql, cache: IdCache, class_id: int, student_id: str) -> int:
-    key = (class_id, student_id)
-    pk = cache.students.get(key)
-    if pk is None:
-        check_student_id(student_id)
-        pk = raw.scalar(SEL_STUDENT, key)
+def _student(raw: RawSql, cache: IdCache, ev: Any) -> tuple[int, int]:
+    """(class id, student pk) of an event's class_div + student_id, created on first use."""
+    name = (ev.class_div, ev.student_id)
+    ids = cache.students.get(name)
+    if ids is None:
+        ws = check_identity(ev.class_div, ev.student_id, cache.identity)
+        cid = _class_id(raw, cache, ws)
+        pk = raw.scalar(SEL_STUDENT, (cid, ev.student_id))
         if pk is None:
-            pk = raw.insert_id(INS_STUDENT, key)
-        cache.students[key] = pk
-    return pk
+            pk = raw.insert_id(INS_STUDENT, (cid, ev.student_id))
+        ids = cache.students[name] = (cid, int(pk))
+    return ids
 
 
 def _assignment_id(raw: RawSql, cache: IdCache, class_id: int, name: str) -> int:
@@ -283,11 +283,6 @@ def _snapshot_content(raw: RawSql, cache: IdCache, ev: FileSnapshot, now: int) -
 
 
 # ---- per kind --------------------------------------------------------------------------
-
-
-def _student(raw: RawSql, cache: IdCache, ev: Any) -> tuple[int, int]:
-    cid = _class_id(raw, cache, ev.class_div)
-    return cid, _student_pk(raw, cache, cid, ev.student_id)
 
 
 def _file_event(

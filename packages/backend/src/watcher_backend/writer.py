@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -33,7 +34,7 @@ T = TypeVar("T")
 
 # (events applied, requests served, seconds the transaction took)
 CommitHook = Callable[[int, int, float], None]
-EventHook = Callable[[str, str], None]  # (kind, status) per applied event
+EventHook = Callable[[Counter[tuple[str, str]]], None]  # events per (kind, status)
 
 
 class WriterStopped(RuntimeError):
@@ -249,11 +250,13 @@ class GroupCommitWriter:
             self._close()  # reconnect next time (the connection may be broken)
             n_events = 0
         else:
-            if self.on_event is not None:
+            if self.on_event is not None and n_events:
+                tally: Counter[tuple[str, str]] = Counter()
                 for item in batch:
                     if item.events is not None:
                         for ev, res in zip(item.events, item.result, strict=True):
-                            self.on_event(ev.kind, res.status)
+                            tally[(ev.kind, res.status)] += 1
+                self.on_event(tally)
         self.events_applied += n_events
         self.items_served += len(batch)
         self.cache.trim()

@@ -1,0 +1,154 @@
+"""Agent ingest: event batches and content blobs (agent or admin token).
+
+A batch is parsed leniently: each event is validated on its own, so one malformed event
+is answered ``rejected`` (with the validation message) while the others are stored.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from sqlalchemy import Connection
+
+from watcher_common.wire import EVENT_KINDS, SHA256_RE, Event, EventResult, parse_event
+
+from .auth import require_agent
+from .blobs import BlobHashMismatch, PreparedBlob, blob_exists, insert_blob, prepare_blob
+from .config import Settings
+from .limits import read_body
+from .ops import Metrics
+from .writer import GroupCommitWriter
+
+router = APIRouter(tags=["ingest"], dependencies=[Depends(require_agent)])
+
+Sha256Path = Annotated[
+    str, Path(pattern=SHA256_RE.pattern, description="lowercase hex SHA-256 of the content")
+]
+# Hash + compress larger uploads off the event loop.
+_THREADPOOL_OVER = 256 * 1024
+
+
+def _validation_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False)[:5]:
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {err['msg']}" if loc else str(err["msg"]))
+    more = exc.error_count() - len(parts)
+    if more > 0:
+        parts.append(f"(+{more} more)")
+    return "; ".join(parts)
+
+
+def _claimed(item: Any, key: str, allowed: tuple[str, ...] | None = None) -> str:
+    value = item.get(key) if isinstance(item, dict) else None
+    if not isinstance(value, str) or len(value) > 128:
+        return "" if allowed is None else "unknown"
+    if allowed is not None and value not in allowed:
+        return "unknown"
+    return value
+
+
+def _result_json(r: EventResult) -> dict[str, str]:
+    out = {"event_id": r.event_id, "status": r.status}
+    if r.error is not None:
+        out["error"] = r.error
+    return out
+
+
+@router.post(
+    "/api/v1/events",
+    response_model=None,
+    responses={
+        200: {"description": "one result per event, in order (IngestResponse)"},
+        413: {"description": "body or batch too large"},
+        422: {"description": "not a JSON object with an events array"},
+    },
+)
+async def ingest_events(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
+    body = await read_body(request, settings.max_body_bytes)
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        raise HTTPException(422, "request body is not valid JSON") from None
+    items = doc.get("events") if isinstance(doc, dict) else None
+    if not isinstance(items, list):
+        raise HTTPException(422, 'request body must be a JSON object {"events": [...]}')
+    if len(items) > settings.max_batch_events:
+        raise HTTPException(
+            413, f"too many events in one batch: {len(items)} > {settings.max_batch_events}"
+        )
+
+    results: list[EventResult | None] = [None] * len(items)
+    valid: list[Event] = []
+    positions: list[int] = []
+    invalid: Counter[tuple[str, str]] = Counter()
+    for i, item in enumerate(items):
+        try:
+            ev = parse_event(item)
+        except ValidationError as exc:
+            results[i] = EventResult(
+                event_id=_claimed(item, "event_id"),
+                status="rejected",
+                error=_validation_message(exc),
+            )
+            invalid[(_claimed(item, "kind", EVENT_KINDS), "rejected")] += 1
+            continue
+        valid.append(ev)
+        positions.append(i)
+
+    if invalid:
+        metrics: Metrics = request.app.state.metrics
+        metrics.count_events(invalid)
+    if valid:
+        writer: GroupCommitWriter = request.app.state.writer
+        for pos, res in zip(positions, await writer.submit(valid), strict=True):
+            results[pos] = res
+    payload = {"results": [_result_json(r) for r in results if r is not None]}
+    return Response(json.dumps(payload), media_type="application/json")
+
+
+@router.put(
+    "/api/v1/blobs/{sha256}",
+    status_code=201,
+    responses={
+        200: {"description": "already stored"},
+        201: {"description": "stored"},
+        413: {"description": "blob too large"},
+        422: {"description": "content does not hash to the sha256 in the path"},
+    },
+)
+async def put_blob(request: Request, sha256: Sha256Path) -> JSONResponse:
+    settings: Settings = request.app.state.settings
+    data = await read_body(request, settings.max_blob_bytes)
+    try:
+        if len(data) > _THREADPOOL_OVER:
+            prepared = await run_in_threadpool(prepare_blob, sha256, data)
+        else:
+            prepared = prepare_blob(sha256, data)
+    except BlobHashMismatch:
+        raise HTTPException(422, "content does not match the sha256 in the path") from None
+    writer: GroupCommitWriter = request.app.state.writer
+
+    def store(conn: Connection, blob: PreparedBlob = prepared) -> bool:
+        return insert_blob(conn, blob)
+
+    created = await writer.run(store)
+    return JSONResponse(
+        {"sha256": sha256, "size": prepared.size, "created": created},
+        status_code=201 if created else 200,
+    )
+
+
+@router.head("/api/v1/blobs/{sha256}", responses={404: {"description": "not stored"}})
+def head_blob(request: Request, sha256: Sha256Path) -> Response:
+    """200 if the blob is stored (the agent can skip the upload), else 404."""
+    with request.app.state.engine.connect() as conn:
+        found = blob_exists(conn, sha256)
+    return Response(status_code=200 if found else 404)
