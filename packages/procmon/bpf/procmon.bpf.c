@@ -373,10 +373,11 @@ int BPF_PROG(handle_exit, struct task_struct *task, bool group_dead)
 		return 0;
 	}
 	/*
-	 * The status waitpid() will report (wait_task_zombie): the group exit code when the
-	 * group was killed / exit_group()ed (incl. the 0x80 core flag set by the coredump),
-	 * else the leader's own exit code (the leader may have left with SYS_exit earlier,
-	 * and this last thread's code is then not what the parent sees).
+	 * The status waitpid() will report (wait_task_zombie): the group exit code when
+	 * SIGNAL_GROUP_EXIT is set -- by exit_group(), a fatal signal (with the 0x80 core flag
+	 * added by the coredump) or, since 5.19, by synchronize_group_exit() when the last
+	 * thread leaves with plain SYS_exit -- else the leader's own exit code (older kernels,
+	 * where a leader that left first with SYS_exit decides the status).
 	 */
 	struct signal_struct *sig = BPF_CORE_READ(task, signal);
 	__u32 status;

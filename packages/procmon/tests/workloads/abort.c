@@ -1,0 +1,7 @@
+/* Dies of SIGABRT via abort(). */
+#include <stdlib.h>
+
+int main(void)
+{
+	abort();
+}

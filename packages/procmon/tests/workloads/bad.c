@@ -1,0 +1,5 @@
+int main(void)
+{
+	int x = "not an int" + ;
+	return undeclared_name;
+}
