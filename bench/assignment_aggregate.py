@@ -27,6 +27,7 @@ from benchlib import (
     Metric,
     Result,
     log,
+    ratio_text,
     run_bench,
     target_check,
 )
@@ -134,7 +135,8 @@ def body(result: Result) -> None:
             "<= 20",
             target_check(p50, "<=", 20),
             f"{old:,.0f} ms at {OLD['assignment_aggregate_rows']:,} rows",
-            f"{old / p50:.0f}x lower, on {ROWS / OLD['assignment_aggregate_rows']:.0f}x the rows",
+            f"{ratio_text(p50, old, higher_is_better=False)}, "
+            f"on {ROWS / OLD['assignment_aggregate_rows']:.0f}x the rows",
         ),
         Metric("aggregate p99", p99, "ms"),
         Metric("setup: ingest of the snapshots", ROWS / load_s, "events/s"),

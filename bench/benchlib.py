@@ -83,7 +83,23 @@ def target_check(value: float | None, op: str, bound: float) -> bool | None:
 def fmt(x: float | None, digits: int = 1) -> str:
     if x is None:
         return "n/a"
+    if float(x).is_integer() and abs(x) >= 1:
+        digits = 0
     return f"{x:,.{digits}f}"
+
+
+def ratio_text(new: float, old: float, higher_is_better: bool) -> str:
+    """How the new figure compares with the old one, in words."""
+    if not new or not old:
+        return ""
+    r = new / old
+
+    def x(v: float) -> str:
+        return f"{v:,.0f}x" if v >= 100 else f"{v:.1f}x"
+
+    if higher_is_better:
+        return f"{x(r)} higher" if r >= 1 else f"{x(1 / r)} lower (worse)"
+    return f"{x(1 / r)} lower" if r <= 1 else f"{x(r)} higher (worse)"
 
 
 def free_port() -> int:

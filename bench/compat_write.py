@@ -23,6 +23,7 @@ from benchlib import (
     Metric,
     Result,
     log,
+    ratio_text,
     run_bench,
     target_check,
     taskset,
@@ -86,7 +87,7 @@ def body(result: Result) -> None:
                 ">= 1,400",
                 target_check(rps, ">=", 1400),
                 f"{OLD['compat_write_rps']:,.0f} req/s",
-                f"{rps / OLD['compat_write_rps']:.1f}x higher",
+                ratio_text(rps, OLD["compat_write_rps"], higher_is_better=True),
             ),
             Metric("latency p50", p50, "ms"),
             Metric(
@@ -96,7 +97,7 @@ def body(result: Result) -> None:
                 "<= 50",
                 target_check(p99, "<=", 50),
                 f"{OLD['compat_write_p99_ms']:,.0f} ms",
-                f"{OLD['compat_write_p99_ms'] / p99:.1f}x lower" if p99 else "",
+                ratio_text(p99, OLD["compat_write_p99_ms"], higher_is_better=False),
             ),
         ]
         result.notes.append(

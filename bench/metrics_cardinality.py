@@ -26,6 +26,7 @@ from benchlib import (
     Metric,
     Result,
     log,
+    ratio_text,
     run_bench,
     target_check,
     taskset,
@@ -98,8 +99,8 @@ def body(result: Result) -> None:
             "",
             None,
             f"{old_bytes / 1e6:.1f} MB after {OLD['metrics_requests']:,} requests",
-            f"{old_bytes / len(text):,.0f}x smaller after {REQUESTS / OLD['metrics_requests']:.1f}x"
-            " the requests",
+            f"{ratio_text(len(text), old_bytes, higher_is_better=False)}, after "
+            f"{REQUESTS / OLD['metrics_requests']:.1f}x the requests",
         ),
     ]
     result.notes.append(
