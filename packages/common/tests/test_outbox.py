@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,9 @@ from watcher_common.wire import MAX_INLINE_CONTENT, parse_event
 
 
 @pytest.fixture
-def outbox(tmp_path: Path) -> Outbox:
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
     ob = Outbox(tmp_path / "outbox.db")
-    yield ob  # type: ignore[misc]
+    yield ob
     ob.close()
 
 
