@@ -384,3 +384,27 @@ def test_outbox_notifies_sender_from_another_thread(outbox: Outbox, server: Fake
         return took
 
     assert asyncio.run(scenario()) < 1.0  # woken by the put, not by the 30 s idle poll
+
+
+async def test_outbox_write_error_after_send_does_not_crash(
+    outbox: Outbox, server: FakeIngest, running: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from watcher_common.outbox import OutboxFull
+
+    real_ack = outbox.ack
+    calls: list[int] = []
+
+    def flaky_ack(ids: list[str]) -> None:
+        calls.append(len(ids))
+        if len(calls) == 1:
+            raise OutboxFull("disk is full (simulated)")
+        real_ack(ids)
+
+    monkeypatch.setattr(outbox, "ack", flaky_ack)
+    events = [delete_event(i) for i in range(5)]
+    outbox.put_many(events)
+    task = running(make_sender(outbox, server))
+    await until(lambda: outbox.stats().events == 0, 5)
+    assert not task.done()
+    assert all(n == 1 for n in server.stored_count.values()) and len(server.store) == 5
+    assert len(server.requests) == 2  # re-sent once after the failed ack; answered duplicate

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import sqlite3
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
@@ -245,7 +246,13 @@ class Sender:
             return not self._stopping
         if not batch:
             return False
-        failure = await self._send_batch(client, batch)
+        try:
+            failure = await self._send_batch(client, batch)
+        except (OutboxError, sqlite3.Error) as exc:
+            # e.g. the disk is full and even an ack cannot be written: the unacked events
+            # were released and will be sent again (a duplicate is harmless); never crash.
+            log.error("outbox write failed after sending: %s", exc)
+            failure = _Failure("outbox", str(exc))
         if failure is None:
             self._on_success()
             return True
@@ -426,7 +433,8 @@ class Sender:
 
     def _on_failure(self, failure: _Failure) -> float:
         self._failures += 1
-        self.metrics.failures.labels(reason=failure.reason).inc()
+        if failure.reason != "outbox":  # not a send failure; reported by health/logs
+            self.metrics.failures.labels(reason=failure.reason).inc()
         if failure.retry_after_s is not None:
             # Honour the server; a little extra jitter so agents do not return in lockstep.
             delay = min(self.retry_after_cap_s, failure.retry_after_s) * (1 + 0.1 * self._rng())
