@@ -1,7 +1,7 @@
 """``INSERT ... ON CONFLICT DO NOTHING`` for SQLite and PostgreSQL.
 
-Cheaper than catching IntegrityError (no exception, no savepoint rollback) and tells
-whether the row was new through the row count.
+Cheaper than catching IntegrityError (no exception, no savepoint rollback). Whether the
+row was new is read from ``RETURNING`` (SQLAlchemy reports rowcount -1 for psycopg here).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ def insert_ignore_stmt(dialect: str, table: Table, keys: Sequence[str]) -> Inser
     stmt = _cache.get(key)
     if stmt is None:
         if dialect == "postgresql":
-            stmt = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+            ins: Insert = postgresql.insert(table).on_conflict_do_nothing(index_elements=list(keys))
         elif dialect == "sqlite":
-            stmt = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+            ins = sqlite.insert(table).on_conflict_do_nothing(index_elements=list(keys))
         else:  # pragma: no cover - only the two supported databases
             raise NotImplementedError(f"unsupported database {dialect!r}")
-        _cache[key] = stmt
+        stmt = _cache[key] = ins.returning(table.c[keys[0]])
     return stmt
 
 
@@ -34,4 +34,4 @@ def insert_ignore(
 ) -> bool:
     """Insert ``row`` unless ``keys`` conflict; True when a row was inserted."""
     stmt = insert_ignore_stmt(conn.dialect.name, table, keys)
-    return conn.execute(stmt, row).rowcount == 1
+    return conn.execute(stmt, row).first() is not None
