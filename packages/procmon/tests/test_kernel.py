@@ -29,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from watcher_procmon.classify import Classification, classify
 from watcher_procmon.events import F_ARGV_TRUNC, Event, ExecEvent, ExitEvent
 from watcher_procmon.records import Pairer, ProcessRecord
 from watcher_procmon.tracer import Counters, Tracer, TracerConfig
@@ -353,3 +354,15 @@ def test_counters_balance_and_nothing_dropped(traced: Traced) -> None:
     inside = sum(len(chain) for chain in traced.by_pid.values())
     assert c.exec_emitted >= inside and c.exit_emitted >= len(traced.by_pid)
     assert 0 < c.wakeups <= c.exec_emitted + c.exit_emitted
+
+
+def test_real_records_classify(traced: Traced) -> None:
+    def cls(job: str) -> Classification:
+        ev = traced.final(job).exec
+        return classify(ev.exe, ev.argv, ev.filename)
+
+    assert cls("gcc_ok") == Classification("compiler", "gcc", ("hello.c",), output="hello")
+    assert cls("gcc_err") == Classification("compiler", "gcc", ("bad.c",))
+    assert cls("segv_core") == Classification("student", "binary")
+    assert cls("python_raise") == Classification("interpreter", "python", inline_code=True)
+    assert cls("exit42").kind == "other"  # sh
