@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
+from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel
@@ -59,38 +60,55 @@ class AvgCount(BaseModel):
     avg_count: float
 
 
-def nearest_rank(conn: Connection, asg: int, count: int, pct: int) -> int:
-    """The ``pct``-th percentile of the assignment's snapshot sizes, nearest-rank method:
-    the value at 1-based rank ``ceil(pct/100 * count)`` of the sizes sorted ascending (always
-    an actual snapshot size; p50 of [1, 2, 3, 4] is 2). Uses ORDER BY/OFFSET so only one value
-    leaves the database."""
-    rank = max(1, math.ceil(pct * count / 100))
-    value = conn.execute(
-        select(SnapshotRow.size)
-        .where(SnapshotRow.assignment_id == asg)
-        .order_by(SnapshotRow.size)
-        .offset(rank - 1)
-        .limit(1)
-    ).scalar_one()
-    return int(value)
+def nearest_rank_offset(count: int, pct: int) -> int:
+    """0-based position of the ``pct``-th percentile among ``count`` sorted values, by the
+    nearest-rank method: 1-based rank ``ceil(pct/100 * count)``, so the answer is always an
+    actual snapshot size (p50 of [1, 2, 3, 4] is 2, p90 is 4)."""
+    return max(1, math.ceil(pct * count / 100)) - 1
 
 
-def top_students(conn: Connection, asg: int) -> list[TopStudent]:
+def percentiles(conn: Connection, asg: int, count: int) -> tuple[int, int]:
+    """(p90, p50) of the assignment's snapshot sizes in one statement: each is an
+    ORDER BY size OFFSET k LIMIT 1 walk of the (assignment_id, size) index, so only two
+    values leave the database."""
+
+    def at(pct: int) -> Any:
+        return (
+            select(SnapshotRow.size)
+            .where(SnapshotRow.assignment_id == asg)
+            .order_by(SnapshotRow.size)
+            .offset(nearest_rank_offset(count, pct))
+            .limit(1)
+            .scalar_subquery()
+        )
+
+    p90, p50 = conn.execute(select(at(90), at(50))).one()
+    return int(p90), int(p50)
+
+
+def top_students(conn: Connection, cls: int, asg: int) -> list[TopStudent]:
     """The 7 students whose latest snapshot is the most recent (ties: lower student id).
 
+    The latest time is a per-student MAX on the (assignment, student, ts) index: one index
+    probe per student of the class instead of a scan of every snapshot.
     ``code_size`` is the student's code size at that moment: the sum over their files of
     each file's latest snapshot size (the same measure as graph_data's ``total_size``).
     """
-    last = (
-        select(SnapshotRow.student_pk, func.max(SnapshotRow.ts_us).label("ts"))
-        .where(SnapshotRow.assignment_id == asg)
-        .group_by(SnapshotRow.student_pk)
+    last_ts = (
+        select(func.max(SnapshotRow.ts_us))
+        .where(SnapshotRow.assignment_id == asg, SnapshotRow.student_pk == StudentRow.id)
+        .correlate(StudentRow)
+        .scalar_subquery()
+    )
+    per_student = (
+        select(StudentRow.id, StudentRow.student_id, last_ts.label("ts"))
+        .where(StudentRow.class_id == cls)
         .subquery()
     )
     top = conn.execute(
-        select(last.c.student_pk, last.c.ts, StudentRow.student_id)
-        .join(StudentRow, StudentRow.id == last.c.student_pk)
-        .order_by(last.c.ts.desc(), StudentRow.student_id)
+        select(per_student)
+        .where(per_student.c.ts.is_not(None))
+        .order_by(per_student.c.ts.desc(), per_student.c.student_id)
         .limit(TOP_N)
     ).all()
     if not top:
@@ -108,7 +126,7 @@ def top_students(conn: Connection, asg: int) -> list[TopStudent]:
             select(FileRow.student_pk, func.sum(latest_size))
             .where(
                 FileRow.assignment_id == asg,
-                FileRow.student_pk.in_([r.student_pk for r in top]),
+                FileRow.student_pk.in_([r.id for r in top]),
             )
             .group_by(FileRow.student_pk)
         ).all()
@@ -117,7 +135,7 @@ def top_students(conn: Connection, asg: int) -> list[TopStudent]:
         TopStudent(
             student_num=r.student_id,
             timestamp=kst_compact(r.ts),
-            code_size=int(sizes.get(r.student_pk) or 0),
+            code_size=int(sizes.get(r.id) or 0),
         )
         for r in top
     ]
@@ -127,7 +145,7 @@ def top_students(conn: Connection, asg: int) -> list[TopStudent]:
 def get_assignment_summary(request: Request, class_div: str, hw_name: str) -> AssignmentSummary:
     """Class-wide snapshot figures for one assignment.
 
-    - ``percentile_90`` / ``percentile_50``: nearest-rank percentiles (see ``nearest_rank``)
+    - ``percentile_90`` / ``percentile_50``: nearest-rank percentiles (see ``percentiles``)
       over all snapshot sizes of the assignment;
     - ``avg_bytes``: the mean over students of each student's mean snapshot size;
     - ``avg_num``: snapshots per student (students with at least one snapshot);
@@ -140,7 +158,7 @@ def get_assignment_summary(request: Request, class_div: str, hw_name: str) -> As
         found = lookup.class_assignment(conn, class_div, hw_name)
         if found is None:
             return empty
-        asg = found[1]
+        cls, asg = found
         per_student = (
             select(func.avg(SnapshotRow.size).label("mean"), func.count().label("n"))
             .where(SnapshotRow.assignment_id == asg)
@@ -153,12 +171,13 @@ def get_assignment_summary(request: Request, class_div: str, hw_name: str) -> As
         if not students:
             return empty
         total = int(total)
+        p90, p50 = percentiles(conn, asg, total)
         return AssignmentSummary(
-            percentile_90=nearest_rank(conn, asg, total, 90),
-            percentile_50=nearest_rank(conn, asg, total, 50),
+            percentile_90=p90,
+            percentile_50=p50,
             avg_bytes=round(float(mean_of_means), 2),
             avg_num=round(total / students, 2),
-            top_7=top_students(conn, asg),
+            top_7=top_students(conn, cls, asg),
         )
 
 
