@@ -10,14 +10,18 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter as TallyCounter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import fastapi.routing
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import generate_latest
 from sqlalchemy import Engine
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
@@ -93,6 +97,7 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._templates: dict[int, str] | None = None  # id(route) -> full template
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -113,9 +118,46 @@ class MetricsMiddleware:
             method = scope["method"]
             if method not in _METHODS:
                 method = "other"
-            # The router stores the matched route in the (shared) scope dict.
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = self._template(scope)
             self.metrics.observe_http(method, route, status, time.perf_counter() - start)
+
+    def _template(self, scope: Scope) -> str:
+        # The router stores the matched route in the (shared) scope dict.
+        route = scope.get("route")
+        if route is None:
+            return "unmatched"
+        if self._templates is None:
+            self._templates = {id(i.route): i.template for i in iter_routes(scope["app"])}
+        template = self._templates.get(id(route))
+        if template is None:
+            template = getattr(route, "path_format", None) or getattr(route, "path", None)
+        return template or "unmatched"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInfo:
+    template: str  # full path template, e.g. /api/{class_div}/{hw_name}/{student_id}
+    route: BaseRoute  # the route object the router puts in scope["route"]
+    dependant: Any  # effective FastAPI Dependant (router dependencies included), or None
+
+
+def iter_routes(app: Any) -> Iterator[RouteInfo]:
+    """Every route with its full template and effective dependencies.
+
+    FastAPI ≥ 0.16x keeps included routers nested (``app.routes`` holds wrappers, and a
+    route's own ``path`` / ``dependant`` lack the include prefix and router dependencies);
+    ``iter_route_contexts`` flattens them.
+    """
+    iter_contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    if iter_contexts is None:  # older FastAPI: include_router copies routes flat
+        for r in app.routes:
+            flat = getattr(r, "path_format", None) or getattr(r, "path", None) or ""
+            yield RouteInfo(str(flat), r, getattr(r, "dependant", None))
+        return
+    for ctx in iter_contexts(app.routes):
+        original = ctx.original_route
+        template = ctx.path_format or getattr(original, "path_format", None) or ""
+        yield RouteInfo(str(template), original, getattr(ctx, "dependant", None))
 
 
 def utc_timestamp() -> str:
