@@ -2,11 +2,15 @@
 
 The PostgreSQL server is started once per session from the binaries on this machine
 (``initdb``/``pg_ctl`` on PATH or under /usr/lib/postgresql/*/bin), as the ``postgres``
-user when we are root, on a free loopback port, with fsync off. Each test gets its own
-database, copied from a migrated template (fast), dropped afterwards.
+user when we are root, on a free loopback port, with fsync off; a migrated template
+database is made once.
 
 Missing binaries FAIL the PostgreSQL tests (CI installs them; a skip would hide a missing
 feature) unless ``WATCHER_TEST_NO_POSTGRES=1``.
+
+Each test gets an empty, migrated database: SQLite a new file, PostgreSQL one shared
+database truncated before the test (10x faster than CREATE DATABASE from a template);
+if the truncate cannot get its locks, a fresh copy of the template is used instead.
 
 Fixtures for other test modules: ``db_url`` (parametrized sqlite/postgresql), ``settings``,
 ``app``, ``client`` (TestClient with the lifespan running), ``agent_headers``,
@@ -34,6 +38,7 @@ from starlette.testclient import TestClient
 from watcher_backend.app import create_app
 from watcher_backend.config import Settings
 from watcher_backend.db.engine import make_engine, migrate
+from watcher_backend.db.models import Base
 
 AGENT_TOKEN = "test-agent-token-0123456789"
 READER_TOKEN = "test-reader-token-0123456789"
@@ -75,6 +80,7 @@ class PgServer:
         self.log = self.base / "postgres.log"
         self.port = _free_port()
         self._names = itertools.count(1)
+        self._shared: str | None = None
         self._as_user: list[str] = []
         if os.geteuid() == 0:
             # PostgreSQL refuses to run as root.
@@ -137,6 +143,21 @@ class PgServer:
     def drop_database(self, name: str) -> None:
         self.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
+    def clean_database(self) -> str:
+        """The shared test database, emptied (ids restart); a new copy if that fails."""
+        if self._shared is not None:
+            dsn = f"host=127.0.0.1 port={self.port} user=postgres dbname={self._shared}"
+            tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+            try:
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute("SET lock_timeout = '3s'")
+                    conn.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")  # type: ignore[arg-type]
+                return self._shared
+            except psycopg.Error:
+                self.drop_database(self._shared)  # someone kept a transaction open
+        self._shared = self.new_database()
+        return self._shared
+
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
@@ -166,11 +187,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'watcher.db'}"
         return
     pg: PgServer = request.getfixturevalue("pg_server")
-    name = pg.new_database()
-    try:
-        yield pg.url(name)
-    finally:
-        pg.drop_database(name)
+    yield pg.url(pg.clean_database())
 
 
 @pytest.fixture
