@@ -711,3 +711,22 @@ def test_build_and_run_averages(
     assert client.get("/api/run_avg/os-1/hw1", headers=h).json() == {"avg_count": 0.67}
     assert client.get("/api/build_avg/os-1/hw2", headers=h).json() == {"avg_count": 1.0}
     assert client.get("/api/run_avg/os-1/hw2", headers=h).json() == {"avg_count": 0.0}
+
+
+def test_percentiles_nearest_rank_for_every_count(
+    client: TestClient, agent_headers: dict[str, str], reader_headers: dict[str, str]
+) -> None:
+    """N = 1..13 snapshots (duplicates included): both walk directions of the index."""
+    rng = random.Random(5)
+    t = kst(2024, 3, 1, 10)
+    events, sizes = [], {}
+    for n in range(1, 14):
+        sizes[n] = [rng.choice([0, 5, 5, 17, 300, 4096, 9999]) for _ in range(n)]
+        for i, size in enumerate(sizes[n]):
+            events.append(snap("os-1", S, f"hw{n}", "a.c", t + timedelta(seconds=i), size=size))
+    ingest(client, agent_headers, events)
+    for n, values in sizes.items():
+        ordered = sorted(values)
+        got = client.get(f"/api/assignment/os-1/hw{n}", headers=reader_headers).json()
+        assert got["percentile_50"] == ordered[math.ceil(0.5 * n) - 1], (n, ordered)
+        assert got["percentile_90"] == ordered[math.ceil(0.9 * n) - 1], (n, ordered)
