@@ -199,9 +199,7 @@ class RunSourceRow(Base):
 
 class NotebookCellRow(Base):
     __tablename__ = "notebook_cells"
-    __table_args__ = (
-        Index("ix_cells_asg_student_ts", "assignment_id", "student_pk", "ts_us"),
-    )
+    __table_args__ = (Index("ix_cells_asg_student_ts", "assignment_id", "student_pk", "ts_us"),)
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     event_id: Mapped[str] = mapped_column(String(128), unique=True)
     student_pk: Mapped[int] = mapped_column(ForeignKey("students.id"))
