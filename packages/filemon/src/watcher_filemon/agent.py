@@ -15,6 +15,7 @@ from watcher_common.identity import (
     parse_workspace_path,
 )
 from watcher_filemon.capture import Capturer, HealthLike, Sink
+from watcher_filemon.cells import CellTailer
 from watcher_filemon.config import FilemonConfig
 from watcher_filemon.metrics import FilemonMetrics
 from watcher_filemon.scan import Rescanner, ScanResult, jittered
@@ -48,6 +49,17 @@ class Filemon:
         self.metrics = metrics or FilemonMetrics()
         self.health = health
         self.state = StateDB(cfg.state_path)
+        # Notebook cell logs share the state db and the sink, not the version logic.
+        self.cells = CellTailer(
+            self.root,
+            self.state,
+            sink,
+            node=cfg.agent.node_name,
+            agent_version=agent_version(),
+            identity=cfg.identity,
+            metrics=self.metrics,
+            retry_s=cfg.capture.retry_after_full_s,
+        )
         self.capturer = Capturer(
             self.root,
             self.state,
@@ -60,6 +72,7 @@ class Filemon:
             metrics=self.metrics,
             health=health,
             on_overflow=self._on_overflow,
+            side=self.cells,
         )
         self.tree = WatchTree(
             self.root,
@@ -110,6 +123,7 @@ class Filemon:
         self.tree.open()
         self.tree.attach(loop)
         self.capturer.attach(loop)
+        self.cells.attach(loop)
         self.rescanner.request("startup")
         await self.rescanner.wait_idle()
         result = self.scans[-1]
@@ -139,6 +153,8 @@ class Filemon:
         self.tree.close()
         drained = self.capturer.drain()
         self.capturer.detach()
+        self.cells.drain()
+        self.cells.detach()
         self.state.close()
         log.info("filemon stopped (%d pending paths captured at shutdown)", drained)
 

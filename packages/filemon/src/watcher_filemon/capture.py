@@ -60,6 +60,16 @@ class Sink(Protocol):
     def put_many(self, items: Sequence[tuple[Event, bytes | None]]) -> None: ...
 
 
+class SideFiles(Protocol):
+    """Files that are not versions but carry events of their own (cells.CellTailer)."""
+
+    def claims(self, rel: str) -> bool: ...
+    def file_event(self, rel: str, kind: FileEventKind) -> None: ...
+    def file_moved(self, old: str, new: str) -> None: ...
+    def dir_moved(self, old: str, new: str) -> None: ...
+    def scan_found(self, rel: str, st: os.stat_result) -> None: ...
+
+
 class HealthLike(Protocol):
     def set_degraded(self, reason: str, detail: str = "") -> None: ...
     def clear(self, reason: str) -> None: ...
@@ -204,6 +214,7 @@ class Capturer:
         metrics: FilemonMetrics | None = None,
         health: HealthLike | None = None,
         on_overflow: Callable[[], None] | None = None,
+        side: SideFiles | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = os.path.abspath(root)
@@ -217,6 +228,7 @@ class Capturer:
         self.metrics = metrics
         self.health = health
         self.on_overflow = on_overflow or (lambda: None)
+        self.side = side
         self.clock = clock
         self.counters = CaptureCounters()
         self._pending: dict[str, Pending] = {}
@@ -276,6 +288,9 @@ class Capturer:
     # ---- TreeListener ---------------------------------------------------------------
 
     def file_event(self, rel: str, kind: FileEventKind) -> None:
+        if self.side is not None and self.side.claims(rel):
+            self.side.file_event(rel, kind)
+            return
         target = self.classify(rel)
         if isinstance(target, str):
             if kind in ("closed", "moved_in", "found"):
@@ -289,9 +304,17 @@ class Capturer:
             self._touch(rel, "gone")
 
     def file_moved(self, old: str, new: str) -> None:
+        if self.side is not None:
+            side_old, side_new = self.side.claims(old), self.side.claims(new)
+            if side_old or side_new:
+                self.side.file_moved(old, new)
+            if side_old and side_new:
+                return
         self._rename(old, new)
 
     def dir_moved(self, old: str, new: str) -> None:
+        if self.side is not None:
+            self.side.dir_moved(old, new)
         for p in list(self.state.under(old)):
             self._rename(p, new + p[len(old) :])
 
@@ -310,6 +333,9 @@ class Capturer:
 
     def scan_found(self, rel: str, st: os.stat_result) -> None:
         """A file seen by a scan: look at it unless its state proves it unchanged."""
+        if self.side is not None and self.side.claims(rel):
+            self.side.scan_found(rel, st)
+            return
         if rel in self._pending or isinstance(self.classify(rel), str):
             return
         old = self.state.get(rel)

@@ -15,6 +15,7 @@ SKIP_REASONS = (
     "bad_name",  # not valid UTF-8 or otherwise unsendable
     "unstable",  # kept changing during every read attempt (re-tried later)
     "vanished",  # gone between the event and the read
+    "bad_cell_line",  # a notebook cell-log line that is not valid (skipped)
 )
 RESCAN_REASONS = ("startup", "overflow", "periodic", "watch_limit")
 
@@ -51,6 +52,11 @@ class FilemonMetrics:
             "watcher_filemon_capture_latency_seconds",
             "First event on a path to its version stored in the outbox (settle included)",
             buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30),
+            registry=reg,
+        )
+        self.notebook_cells = Counter(
+            "watcher_filemon_notebook_cells",
+            "Executed notebook cells read from the hook's cell logs and stored in the outbox",
             registry=reg,
         )
         self.outbox_full = Counter(

@@ -24,6 +24,12 @@ CREATE TABLE IF NOT EXISTS files (
     ctime_ns INTEGER NOT NULL,
     ino INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS cell_logs (
+    path TEXT PRIMARY KEY,
+    ino INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    head BLOB NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -46,6 +52,15 @@ class FileState:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class CellLogState:
+    """How far a notebook cell log has been read (cells.py)."""
+
+    ino: int
+    offset: int  # bytes of complete lines already turned into events
+    head: bytes  # the file's first bytes then: a rewrite from scratch changes them
+
+
 class StateDB:
     """path (relative to WATCH_ROOT) → FileState; writes are batched by ``flush``."""
 
@@ -63,6 +78,11 @@ class StateDB:
             )
         }
         self._dirty: dict[str, FileState | None] = {}
+        self._cells: dict[str, CellLogState] = {
+            str(r[0]): CellLogState(int(r[1]), int(r[2]), bytes(r[3]))
+            for r in self._db.execute("SELECT path, ino, offset, head FROM cell_logs")
+        }
+        self._cells_dirty: dict[str, CellLogState | None] = {}
 
     def __len__(self) -> int:
         return len(self._mem)
@@ -93,10 +113,32 @@ class StateDB:
             if p.startswith(pre):
                 yield p
 
+    # ---- notebook cell logs ------------------------------------------------------------
+
+    def cell_log(self, rel: str) -> CellLogState | None:
+        return self._cells.get(rel)
+
+    def set_cell_log(self, rel: str, state: CellLogState) -> None:
+        self._cells[rel] = state
+        self._cells_dirty[rel] = state
+
+    def remove_cell_log(self, rel: str) -> CellLogState | None:
+        old = self._cells.pop(rel, None)
+        if old is not None:
+            self._cells_dirty[rel] = None
+        return old
+
+    def cell_logs_under(self, prefix: str) -> list[str]:
+        pre = prefix + "/"
+        return [p for p in self._cells if p.startswith(pre)]
+
     def flush(self) -> None:
-        if not self._dirty:
+        if not self._dirty and not self._cells_dirty:
             return
         dirty, self._dirty = self._dirty, {}
+        cells, self._cells_dirty = self._cells_dirty, {}
+        cell_upserts = [(p, s.ino, s.offset, s.head) for p, s in cells.items() if s is not None]
+        cell_deletes = [(p,) for p, s in cells.items() if s is None]
         upserts = [
             (p, s.sha256, s.size, s.mtime_ns, s.ctime_ns, s.ino)
             for p, s in dirty.items()
@@ -114,10 +156,19 @@ class StateDB:
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     upserts,
                 )
+            if cell_deletes:
+                db.executemany("DELETE FROM cell_logs WHERE path = ?", cell_deletes)
+            if cell_upserts:
+                db.executemany(
+                    "INSERT OR REPLACE INTO cell_logs (path, ino, offset, head)"
+                    " VALUES (?, ?, ?, ?)",
+                    cell_upserts,
+                )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             self._dirty = {**dirty, **self._dirty}
+            self._cells_dirty = {**cells, **self._cells_dirty}
             raise
 
     def close(self) -> None:
