@@ -730,3 +730,47 @@ def test_percentiles_nearest_rank_for_every_count(
         got = client.get(f"/api/assignment/os-1/hw{n}", headers=reader_headers).json()
         assert got["percentile_50"] == ordered[math.ceil(0.5 * n) - 1], (n, ordered)
         assert got["percentile_90"] == ordered[math.ceil(0.9 * n) - 1], (n, ordered)
+
+
+def test_student_stats_follow_snapshot_inserts_deletes_updates(
+    client: TestClient, agent_headers: dict[str, str]
+) -> None:
+    """The trigger-kept per-student totals always equal a GROUP BY over the snapshots."""
+    from sqlalchemy import text
+
+    events, _ = _random_class(3)
+    ingest(client, agent_headers, events)
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    truth = (
+        "SELECT assignment_id, student_pk, count(*), sum(size), max(ts_us) FROM snapshots"
+        " GROUP BY assignment_id, student_pk ORDER BY 1, 2"
+    )
+    kept = (
+        "SELECT assignment_id, student_pk, snapshots, size_sum, last_ts_us"
+        " FROM assignment_student_stats ORDER BY 1, 2"
+    )
+
+    def check() -> None:
+        with engine.connect() as conn:
+            want = [tuple(r) for r in conn.execute(text(truth))]
+            got = [tuple(r) for r in conn.execute(text(kept))]
+        assert got == want
+
+    check()
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM file_events"))
+        # the latest snapshot of some student, a middle one, and every one of another
+        conn.execute(
+            text(
+                "DELETE FROM snapshots WHERE id ="
+                " (SELECT id FROM snapshots ORDER BY ts_us DESC LIMIT 1)"
+            )
+        )
+        conn.execute(text("DELETE FROM snapshots WHERE id % 7 = 3"))
+        conn.execute(
+            text("DELETE FROM snapshots WHERE student_pk = (SELECT min(student_pk) FROM snapshots)")
+        )
+        conn.execute(
+            text("UPDATE snapshots SET size = size + 1, ts_us = ts_us + 5 WHERE id % 5 = 1")
+        )
+    check()

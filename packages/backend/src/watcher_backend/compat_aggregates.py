@@ -13,12 +13,13 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel
-from sqlalchemy import Connection, exists, func, or_, select
+from sqlalchemy import Connection, Float, cast, exists, func, or_, select
 
 from watcher_backend import lookup
 from watcher_backend.auth import require_reader
 from watcher_backend.compat_read import BUILD_CATEGORIES, RUN_CATEGORIES
 from watcher_backend.compat_write import parse_old_timestamp
+from watcher_backend.db.models import AssignmentStudentStatsRow as Stats
 from watcher_backend.db.models import (
     FileRow,
     NotebookCellRow,
@@ -89,29 +90,18 @@ def percentiles(conn: Connection, asg: int, count: int) -> tuple[int, int]:
     return int(p90), int(p50)
 
 
-def top_students(conn: Connection, cls: int, asg: int) -> list[TopStudent]:
+def top_students(conn: Connection, asg: int) -> list[TopStudent]:
     """The 7 students whose latest snapshot is the most recent (ties: lower student id).
 
-    The latest time is a per-student MAX on the (assignment, student, ts) index: one index
-    probe per student of the class instead of a scan of every snapshot.
+    Latest times come from ``assignment_student_stats`` (one row per student).
     ``code_size`` is the student's code size at that moment: the sum over their files of
     each file's latest snapshot size (the same measure as graph_data's ``total_size``).
     """
-    last_ts = (
-        select(func.max(SnapshotRow.ts_us))
-        .where(SnapshotRow.assignment_id == asg, SnapshotRow.student_pk == StudentRow.id)
-        .correlate(StudentRow)
-        .scalar_subquery()
-    )
-    per_student = (
-        select(StudentRow.id, StudentRow.student_id, last_ts.label("ts"))
-        .where(StudentRow.class_id == cls)
-        .subquery()
-    )
     top = conn.execute(
-        select(per_student)
-        .where(per_student.c.ts.is_not(None))
-        .order_by(per_student.c.ts.desc(), per_student.c.student_id)
+        select(Stats.student_pk, Stats.last_ts_us, StudentRow.student_id)
+        .join(StudentRow, StudentRow.id == Stats.student_pk)
+        .where(Stats.assignment_id == asg)
+        .order_by(Stats.last_ts_us.desc(), StudentRow.student_id)
         .limit(TOP_N)
     ).all()
     if not top:
@@ -129,7 +119,7 @@ def top_students(conn: Connection, cls: int, asg: int) -> list[TopStudent]:
             select(FileRow.student_pk, func.sum(latest_size))
             .where(
                 FileRow.assignment_id == asg,
-                FileRow.student_pk.in_([r.id for r in top]),
+                FileRow.student_pk.in_([r.student_pk for r in top]),
             )
             .group_by(FileRow.student_pk)
         ).all()
@@ -137,8 +127,8 @@ def top_students(conn: Connection, cls: int, asg: int) -> list[TopStudent]:
     return [
         TopStudent(
             student_num=r.student_id,
-            timestamp=kst_compact(r.ts),
-            code_size=int(sizes.get(r.id) or 0),
+            timestamp=kst_compact(r.last_ts_us),
+            code_size=int(sizes.get(r.student_pk) or 0),
         )
         for r in top
     ]
@@ -153,6 +143,9 @@ def get_assignment_summary(request: Request, class_div: str, hw_name: str) -> As
     - ``avg_bytes``: the mean over students of each student's mean snapshot size;
     - ``avg_num``: snapshots per student (students with at least one snapshot);
     - ``top_7``: see ``top_students``. Both averages are rounded to 2 decimals.
+
+    Per-student figures come from ``assignment_student_stats`` (trigger-maintained, one
+    row per student), so only the two percentile index walks touch the snapshots.
     """
     empty = AssignmentSummary(
         percentile_90=None, percentile_50=None, avg_bytes=None, avg_num=None, top_7=[]
@@ -161,15 +154,13 @@ def get_assignment_summary(request: Request, class_div: str, hw_name: str) -> As
         found = lookup.class_assignment(conn, class_div, hw_name)
         if found is None:
             return empty
-        cls, asg = found
-        per_student = (
-            select(func.avg(SnapshotRow.size).label("mean"), func.count().label("n"))
-            .where(SnapshotRow.assignment_id == asg)
-            .group_by(SnapshotRow.student_pk)
-            .subquery()
-        )
+        asg = found[1]
         students, total, mean_of_means = conn.execute(
-            select(func.count(), func.sum(per_student.c.n), func.avg(per_student.c.mean))
+            select(
+                func.count(),
+                func.sum(Stats.snapshots),
+                func.avg(cast(Stats.size_sum, Float) / Stats.snapshots),
+            ).where(Stats.assignment_id == asg, Stats.snapshots > 0)
         ).one()
         if not students:
             return empty
@@ -180,7 +171,7 @@ def get_assignment_summary(request: Request, class_div: str, hw_name: str) -> As
             percentile_50=p50,
             avg_bytes=round(float(mean_of_means), 2),
             avg_num=round(total / students, 2),
-            top_7=top_students(conn, cls, asg),
+            top_7=top_students(conn, asg),
         )
 
 

@@ -214,3 +214,20 @@ class NotebookCellRow(Base):
     source: Mapped[str | None] = mapped_column(Text, nullable=True)
     node: Mapped[str] = mapped_column(String(253), default="")
     received_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class AssignmentStudentStatsRow(Base):
+    """Per (assignment, student) snapshot count, total size and latest time.
+
+    Maintained by database triggers on ``snapshots`` (migration 0003), in the same
+    transaction as every snapshot insert/delete/update, so it is never stale; class-wide
+    aggregates read one row per student instead of every snapshot. A row exists only
+    while the student has snapshots in the assignment.
+    """
+
+    __tablename__ = "assignment_student_stats"
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"), primary_key=True)
+    student_pk: Mapped[int] = mapped_column(ForeignKey("students.id"), primary_key=True)
+    snapshots: Mapped[int] = mapped_column(BigInteger)
+    size_sum: Mapped[int] = mapped_column(BigInteger)
+    last_ts_us: Mapped[int] = mapped_column(BigInteger)
