@@ -19,7 +19,7 @@ from watcher_filemon.cells import notebook_below_assignment
 from watcher_ipynb.cellfmt import CELL_LOG_NAME, CellRecord, format_line
 from watcher_ipynb.hook import register, unregister
 
-from .conftest import Harness
+from .conftest import WS, Harness
 
 T0 = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
 
@@ -104,6 +104,11 @@ async def test_appended_lines_once_across_restart_truncation_and_replace(
     os.replace(tmp, log)
     got = await settle(h, 14)
     assert [c.execution_count for c in got] == list(range(1, 15))
+    # The folder goes away: so does our place in its log.
+    assert h.fm is not None and h.fm.state.cell_log(f"{WS}/hw1/lab/{CELL_LOG_NAME}")
+    log.unlink()
+    lab.rmdir()
+    await h.wait_for(lambda: h.fm is not None and not h.fm.state.cell_logs_under(f"{WS}/hw1"))
 
 
 async def test_reread_after_lost_offset_reuses_event_ids(harness: Harness) -> None:

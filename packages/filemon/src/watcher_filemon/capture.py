@@ -67,6 +67,7 @@ class SideFiles(Protocol):
     def file_event(self, rel: str, kind: FileEventKind) -> None: ...
     def file_moved(self, old: str, new: str) -> None: ...
     def dir_moved(self, old: str, new: str) -> None: ...
+    def dir_gone(self, rel: str) -> None: ...
     def scan_found(self, rel: str, st: os.stat_result) -> None: ...
 
 
@@ -319,6 +320,8 @@ class Capturer:
             self._rename(p, new + p[len(old) :])
 
     def dir_gone(self, rel: str) -> None:
+        if self.side is not None:
+            self.side.dir_gone(rel)
         for p in list(self.state.under(rel)):
             self._touch(p, "gone")
 

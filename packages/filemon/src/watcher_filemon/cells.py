@@ -139,6 +139,11 @@ class CellTailer:
             if s is not None:
                 self.state.set_cell_log(new + p[len(old) :], s)
 
+    def dir_gone(self, rel: str) -> None:
+        for p in self.state.cell_logs_under(rel):
+            self.state.remove_cell_log(p)
+            self._due.discard(p)
+
     def scan_found(self, rel: str, st: os.stat_result) -> None:
         s = self.state.cell_log(rel)
         if s is None or s.ino != st.st_ino or s.offset != st.st_size:
