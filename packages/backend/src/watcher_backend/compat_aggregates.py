@@ -1,8 +1,10 @@
 """The old JCode-Watcher class-wide aggregates, computed in SQL.
 
-The old service loaded every snapshot row into Python (1.7 s at 1.7k rows); here each figure
-is one indexed query whose cost does not grow with Python-side work, so an assignment with
-100k snapshots answers in milliseconds. Unknown class or assignment gives the empty answer.
+The old service loaded every snapshot row into Python (1.7 s at 1.7k rows); here nothing
+but the answer leaves the database. Per-student figures read ``assignment_student_stats``
+(kept by triggers, one row per student); percentiles walk the (assignment_id, size) index;
+build/run counts and total_graph_data are indexed aggregates. Unknown class or assignment
+gives the empty answer.
 """
 
 from __future__ import annotations
