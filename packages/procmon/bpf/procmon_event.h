@@ -15,7 +15,7 @@
 #include <linux/types.h> /* userspace: __u8 .. __u64; the BPF side gets them from vmlinux.h */
 #endif
 
-#define PM_ABI_VERSION 1
+#define PM_ABI_VERSION 2
 
 /* Sizes of the variable payload of an exec record. */
 #define PM_NODENAME_LEN 72 /* UTS nodename: 64 chars + NUL, padded to 8 */
@@ -24,6 +24,11 @@
 #define PM_PATH_MAX 4096   /* filename budget, and exe / cwd component budget */
 #define PM_NAME_MAX 256    /* one path component incl. NUL (NAME_MAX 255 + 1) */
 #define PM_MAX_DEPTH 64    /* path components walked for exe / cwd */
+
+/* Compiler stderr capture (pm_stderr records). */
+#define PM_TOOL_NAME_LEN 32      /* key of the "tools" map: an exe basename, NUL-padded */
+#define PM_STDERR_CHUNK 4096     /* bytes of one write(2) kept in one record */
+#define PM_STDERR_BUDGET 16384   /* default bytes captured per build (pm_config overrides) */
 
 /*
  * The exec payload is built in a per-CPU scratch area. Every write offset is masked with
@@ -37,6 +42,19 @@
 enum pm_event_type {
 	PM_EV_EXEC = 1,
 	PM_EV_EXIT = 2,
+	PM_EV_STDERR = 3,
+};
+
+/*
+ * Values of the "tools" map (exe basename -> class), written by userspace before attach.
+ * The kernel looks up the exe's basename as is, then with a version suffix ("-12",
+ * "3.11") and a target-triplet prefix ("x86_64-linux-gnu-") cut off. PM_TOOL_NONE entries
+ * stop the second lookup ("cc1" must not become "cc").
+ */
+enum pm_tool_class {
+	PM_TOOL_NONE = 0,        /* explicitly not a tool */
+	PM_TOOL_COMPILER = 1,    /* its stderr and its children's is captured; wake the reader */
+	PM_TOOL_INTERPRETER = 2, /* wake the reader at once (capture-on-exec races its exit) */
 };
 
 /* pm_exec.flags */
@@ -49,6 +67,9 @@ enum pm_exec_flags {
 	PM_F_CWD_TRUNC = 1 << 5,      /* cwd deeper / longer than the walk budget */
 	PM_F_CWD_UNREACH = 1 << 6,    /* cwd not below the task's fs->root (e.g. after chroot) */
 	PM_F_NOT_TRACKED = 1 << 7,    /* tracked-tgid map full: no exit will follow */
+	PM_F_CAPTURE = 1 << 8,        /* stderr captured: a compiler or a child of one */
+	PM_F_TOOL = 1 << 9,           /* exe basename is a compiler or interpreter ("tools") */
+	PM_F_CAPTURE_FULL = 1 << 10,  /* should be captured but the capture map is full */
 };
 
 /* Common header; ring buffer records are 8-byte aligned by the kernel. */
@@ -86,6 +107,8 @@ struct pm_exec {
 	__u16 exe_len;       /* payload bytes of exe components */
 	__u16 cwd_len;       /* payload bytes of cwd components */
 	__u16 _pad0;
+	__u32 build_tgid;    /* PM_F_CAPTURE: tgid of the compiler driver this process is part of */
+	__u32 _pad1;
 	char nodename[PM_NODENAME_LEN]; /* UTS nodename, NUL-terminated */
 	/* payload follows */
 };
@@ -99,6 +122,19 @@ struct pm_exit {
 	__u32 flags;    /* reserved, 0 */
 };
 
+/*
+ * Bytes a captured process (PM_F_CAPTURE) wrote to fd 2 with write(2): the first
+ * config.stderr_budget bytes per build (driver + children), at most PM_STDERR_CHUNK per
+ * write. Followed by data[len]. Students' own programs are never captured.
+ */
+struct pm_stderr {
+	struct pm_hdr hdr;
+	__u32 tgid;       /* global pid of the writer */
+	__u32 build_tgid; /* the build it belongs to (its compiler driver's tgid) */
+	__u32 len;        /* payload bytes */
+	__u32 orig_len;   /* the count passed to write(): > len when cut by chunk or budget */
+};
+
 /* Filter and wakeup settings: one entry in the "config" array map, written before attach. */
 struct pm_config {
 	char prefix[PM_PREFIX_MAX]; /* UTS nodename prefix of student containers */
@@ -106,12 +142,15 @@ struct pm_config {
 	__u32 enabled;              /* 0: programs return at once (before config is written) */
 	__u32 wakeup_every;         /* wake the reader every N records per CPU (<= 1: always) */
 	__u32 wakeup_bytes;         /* records at least this large wake the reader at once */
+	__u32 capture_stderr;       /* 0: compilers' stderr is not captured */
+	__u32 stderr_budget;        /* bytes captured per build */
 };
 
 /*
  * In-kernel counters (per-CPU array, one entry; userspace sums the CPUs). At rest:
  *   exec_seen == exec_emitted + exec_filtered + exec_drop_ringbuf + exec_drop_scratch
  *   exit_seen == exit_emitted + exit_filtered + exit_drop_ringbuf
+ *   stderr_seen == stderr_emitted + stderr_drop_budget + stderr_drop_ringbuf + stderr_read_err
  * exec_read_err and exec_not_tracked count emitted records that carry an error flag.
  */
 struct pm_counters {
@@ -127,18 +166,26 @@ struct pm_counters {
 	__u64 exec_read_err;     /* emitted with PM_F_ARGV_ERR */
 	__u64 exec_not_tracked;  /* emitted with PM_F_NOT_TRACKED */
 	__u64 wakeups;           /* records submitted with a forced wakeup */
+	__u64 stderr_seen;         /* write(2, ...) calls by captured processes */
+	__u64 stderr_emitted;      /* pm_stderr records in the ring buffer */
+	__u64 stderr_drop_budget;  /* the build's budget was used up (or the build ended) */
+	__u64 stderr_drop_ringbuf; /* ring buffer full */
+	__u64 stderr_read_err;     /* reading the user buffer failed */
+	__u64 capture_full;        /* exec'd with PM_F_CAPTURE_FULL */
 };
 
 _Static_assert(sizeof(struct pm_hdr) == 16, "pm_hdr size");
-_Static_assert(sizeof(struct pm_exec) == 152, "pm_exec size");
+_Static_assert(sizeof(struct pm_exec) == 160, "pm_exec size");
 _Static_assert(__builtin_offsetof(struct pm_exec, tgid) == 16, "pm_exec.tgid");
 _Static_assert(__builtin_offsetof(struct pm_exec, cgroup_id) == 40, "pm_exec.cgroup_id");
 _Static_assert(__builtin_offsetof(struct pm_exec, pidns_ino) == 56, "pm_exec.pidns_ino");
 _Static_assert(__builtin_offsetof(struct pm_exec, filename_len) == 72, "pm_exec.filename_len");
-_Static_assert(__builtin_offsetof(struct pm_exec, nodename) == 80, "pm_exec.nodename");
+_Static_assert(__builtin_offsetof(struct pm_exec, build_tgid) == 80, "pm_exec.build_tgid");
+_Static_assert(__builtin_offsetof(struct pm_exec, nodename) == 88, "pm_exec.nodename");
 _Static_assert(sizeof(struct pm_exit) == 32, "pm_exit size");
-_Static_assert(sizeof(struct pm_config) == 80, "pm_config size");
-_Static_assert(sizeof(struct pm_counters) == 12 * 8, "pm_counters size");
+_Static_assert(sizeof(struct pm_stderr) == 32, "pm_stderr size");
+_Static_assert(sizeof(struct pm_config) == 88, "pm_config size");
+_Static_assert(sizeof(struct pm_counters) == 18 * 8, "pm_counters size");
 _Static_assert(sizeof(struct pm_exec) % 8 == 0, "records stay 8-byte aligned");
 _Static_assert(PM_ARGV_MAX + PM_PATH_MAX + 2 * (PM_PATH_MAX + PM_NAME_MAX) < PM_DATA_MASK,
 	       "PM_DATA_MASK must be the identity on every reachable payload offset");

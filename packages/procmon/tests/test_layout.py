@@ -23,6 +23,7 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "pm_hdr": events.PmHdr,
     "pm_exec": events.PmExec,
     "pm_exit": events.PmExit,
+    "pm_stderr": events.PmStderr,
     "pm_config": events.PmConfig,
     "pm_counters": events.PmCounters,
 }
@@ -45,6 +46,16 @@ CONSTANTS: dict[str, int] = {
     "PM_F_CWD_TRUNC": events.F_CWD_TRUNC,
     "PM_F_CWD_UNREACH": events.F_CWD_UNREACH,
     "PM_F_NOT_TRACKED": events.F_NOT_TRACKED,
+    "PM_F_CAPTURE": events.F_CAPTURE,
+    "PM_F_TOOL": events.F_TOOL,
+    "PM_F_CAPTURE_FULL": events.F_CAPTURE_FULL,
+    "PM_EV_STDERR": events.EV_STDERR,
+    "PM_TOOL_NAME_LEN": events.TOOL_NAME_LEN,
+    "PM_STDERR_CHUNK": events.STDERR_CHUNK,
+    "PM_STDERR_BUDGET": events.STDERR_BUDGET,
+    "PM_TOOL_NONE": events.TOOL_NONE,
+    "PM_TOOL_COMPILER": events.TOOL_COMPILER,
+    "PM_TOOL_INTERPRETER": events.TOOL_INTERPRETER,
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 NODENAME_LEN = 72
 PREFIX_MAX = 64
@@ -18,9 +18,17 @@ ARGV_MAX = 65536
 PATH_MAX = 4096
 NAME_MAX = 256
 MAX_DEPTH = 64
+TOOL_NAME_LEN = 32
+STDERR_CHUNK = 4096
+STDERR_BUDGET = 16384
 
 EV_EXEC = 1
 EV_EXIT = 2
+EV_STDERR = 3
+
+TOOL_NONE = 0
+TOOL_COMPILER = 1
+TOOL_INTERPRETER = 2
 
 F_ARGV_TRUNC = 1 << 0
 F_ARGV_ERR = 1 << 1
@@ -30,6 +38,9 @@ F_EXE_UNREACH = 1 << 4
 F_CWD_TRUNC = 1 << 5
 F_CWD_UNREACH = 1 << 6
 F_NOT_TRACKED = 1 << 7
+F_CAPTURE = 1 << 8
+F_TOOL = 1 << 9
+F_CAPTURE_FULL = 1 << 10
 
 _u16, _u32, _u64 = ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 
@@ -57,6 +68,8 @@ class PmExec(ctypes.Structure):
         ("exe_len", _u16),
         ("cwd_len", _u16),
         ("_pad0", _u16),
+        ("build_tgid", _u32),
+        ("_pad1", _u32),
         ("nodename", ctypes.c_char * NODENAME_LEN),
     )
 
@@ -71,6 +84,16 @@ class PmExit(ctypes.Structure):
     )
 
 
+class PmStderr(ctypes.Structure):
+    _fields_ = (
+        ("hdr", PmHdr),
+        ("tgid", _u32),
+        ("build_tgid", _u32),
+        ("len", _u32),
+        ("orig_len", _u32),
+    )
+
+
 class PmConfig(ctypes.Structure):
     _fields_ = (
         ("prefix", ctypes.c_char * PREFIX_MAX),
@@ -78,6 +101,8 @@ class PmConfig(ctypes.Structure):
         ("enabled", _u32),
         ("wakeup_every", _u32),
         ("wakeup_bytes", _u32),
+        ("capture_stderr", _u32),
+        ("stderr_budget", _u32),
     )
 
 
@@ -95,6 +120,12 @@ class PmCounters(ctypes.Structure):
         ("exec_read_err", _u64),
         ("exec_not_tracked", _u64),
         ("wakeups", _u64),
+        ("stderr_seen", _u64),
+        ("stderr_emitted", _u64),
+        ("stderr_drop_budget", _u64),
+        ("stderr_drop_ringbuf", _u64),
+        ("stderr_read_err", _u64),
+        ("capture_full", _u64),
     )
 
 
@@ -122,6 +153,7 @@ class ExecEvent:
     argv_len: int  # original bytes of argv (NUL separators included)
     exe: str  # path inside the container ("" when unknown)
     cwd: str  # path inside the container ("" when unknown)
+    build_tgid: int = 0  # F_CAPTURE: the compiler driver whose build this process is part of
 
     def flag(self, bit: int) -> bool:
         return bool(self.flags & bit)
@@ -149,7 +181,22 @@ class ExitEvent:
         return bool(self.status & 0x7F) and bool(self.status & 0x80)
 
 
-Event = ExecEvent | ExitEvent
+@dataclass(frozen=True, slots=True)
+class StderrEvent:
+    """Bytes a compiler (or one of its children) wrote to fd 2."""
+
+    ts_ns: int  # CLOCK_BOOTTIME
+    tgid: int
+    build_tgid: int
+    data: bytes
+    orig_len: int  # the write()'s count: > len(data) when cut
+
+    @property
+    def truncated(self) -> bool:
+        return self.orig_len > len(self.data)
+
+
+Event = ExecEvent | ExitEvent | StderrEvent
 
 
 def _text(raw: bytes) -> str:
@@ -209,6 +256,7 @@ def _exec(buf: bytes) -> ExecEvent:
         argv_len=r.argv_orig_len,
         exe=_path(exe_raw, bool(r.flags & F_EXE_UNREACH)),
         cwd=_path(cwd_raw, bool(r.flags & F_CWD_UNREACH)),
+        build_tgid=r.build_tgid,
     )
 
 
@@ -217,6 +265,22 @@ def _exit(buf: bytes) -> ExitEvent:
         raise DecodeError(f"exit record of {len(buf)} bytes < {ctypes.sizeof(PmExit)}")
     r = PmExit.from_buffer_copy(buf)
     return ExitEvent(ts_ns=r.hdr.ts_ns, tgid=r.tgid, status=r.status, last_tid=r.last_tid)
+
+
+def _stderr(buf: bytes) -> StderrEvent:
+    head = ctypes.sizeof(PmStderr)
+    if len(buf) < head:
+        raise DecodeError(f"stderr record of {len(buf)} bytes < {head}")
+    r = PmStderr.from_buffer_copy(buf)
+    if r.hdr.size != head + r.len or r.hdr.size > len(buf):
+        raise DecodeError(f"stderr record size {r.hdr.size} (buffer {len(buf)}) != {head}+{r.len}")
+    return StderrEvent(
+        ts_ns=r.hdr.ts_ns,
+        tgid=r.tgid,
+        build_tgid=r.build_tgid,
+        data=buf[head : head + r.len],
+        orig_len=r.orig_len,
+    )
 
 
 def decode(buf: bytes) -> Event:
@@ -230,4 +294,6 @@ def decode(buf: bytes) -> Event:
         return _exec(buf)
     if hdr.type == EV_EXIT:
         return _exit(buf)
+    if hdr.type == EV_STDERR:
+        return _stderr(buf)
     raise DecodeError(f"unknown record type {hdr.type}")

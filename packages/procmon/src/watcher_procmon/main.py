@@ -1,68 +1,233 @@
-"""``watcher-procmon``: the exec agent's entry point.
+"""``watcher-procmon``: the exec agent.
 
-For now it loads the BPF tracer and prints one JSON line per completed process record
-(the outbox/sender half of the agent is a later step of issue 4). ``--check`` only loads
-and attaches, which is how to test a node's kernel and privileges.
+Loads the eBPF programs, turns every finished process in a student container into a
+``ProcessRun`` (builds with their sources' hashes and compiler diagnostics) plus the
+``FileSnapshot`` s captured at exec, writes them to the durable outbox and sends them to
+the backend. ``--check`` only loads and attaches (to test a node's kernel and privileges);
+``--stdout`` prints the wire events as JSON lines instead of sending them.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
+import threading
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
-from types import FrameType
-from typing import Any
 
-from watcher_procmon.records import ProcessRecord
-from watcher_procmon.tracer import Tracer, TracerConfig, TracerError
+from prometheus_client import REGISTRY
+
+from watcher_common.agent_config import AgentSettings, ConfigError
+from watcher_common.agent_http import AgentHttpServer, Health
+from watcher_common.identity import IdentityConfig
+from watcher_common.logs import setup_logging
+from watcher_common.outbox import Outbox
+from watcher_common.sender import Sender
+from watcher_common.wire import Event, dump_event
+from watcher_procmon.agent import Pipeline, agent_version
+from watcher_procmon.metrics import KernelCollector, ProcmonMetrics
+from watcher_procmon.tracer import Counters, Tracer, TracerConfig, TracerError
 
 log = logging.getLogger("watcher_procmon")
 
 EXIT_CANNOT_RUN = 2
+DEFAULT_STATE_DIR = "/var/lib/watcher-procmon"
+SHUTDOWN_BUDGET_S = 4.5  # SIGTERM -> exit within 5 s
+HEALTH_CHECK_S = 5.0
+DROP_CLEAR_S = 60.0  # ring buffer drops mark the agent degraded this long
+
+ENV_HELP = """environment:
+  STATE_DIR                         durable state; outbox at STATE_DIR/outbox.db
+                                    (/var/lib/watcher-procmon)
+  API_SERVER                        backend base URL (http://localhost:3000)
+  WATCHER_AGENT_TOKEN[_FILE]        agent token sent to the backend
+  METRICS_PORT                      /metrics and /health port (9090)
+  NODE_NAME, LOG_LEVEL              node name (hostname), log level (INFO)
+  WATCHER_PROCMON_NODENAME_PREFIX   UTS hostname prefix of student containers (jcode-)
+  WATCHER_PROCMON_CAPTURE_STDERR    1: capture compilers' stderr (diagnostics); 0: off (1)
+  WATCHER_PROCMON_BPF_OBJ           compiled procmon.bpf.o (build dir / installed copy)
+  WATCHER_ASSIGNMENT_PATTERN, WATCHER_CONTAINER_ROOTS, ...  identity rules (watcher_common)
+"""
 
 
-def record_json(rec: ProcessRecord) -> dict[str, Any]:
-    ev = rec.exec
-    return {
-        "pid": ev.tgid,
-        "ns_pid": ev.ns_tgid,
-        "ppid": ev.ppid,
-        "uid": ev.uid,
-        "hostname": ev.nodename,
-        "cgroup_id": ev.cgroup_id,
-        "pidns": ev.pidns,
-        "mntns": ev.mntns,
-        "filename": ev.filename,
-        "exe": ev.exe,
-        "argv": list(ev.argv),
-        "argv_truncated": ev.argv_truncated,
-        "argv_len": ev.argv_len,
-        "cwd": ev.cwd,
-        "start": rec.start.isoformat(),
-        "end": rec.end.isoformat() if rec.end else None,
-        "duration_s": rec.duration_s,
-        "exit_code": rec.exit_code,
-        "signal": rec.signal,
-        "core_dumped": rec.core_dumped,
-        "replaced_by_exec": rec.replaced_by_exec,
-    }
+@dataclass(frozen=True)
+class ProcmonConfig:
+    agent: AgentSettings
+    state_dir: Path
+    prefix: str
+    capture_stderr: bool
+    identity: IdentityConfig
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.state_dir / "outbox.db"
+
+    @classmethod
+    def from_env(cls, prefix: str | None = None) -> ProcmonConfig:
+        env = os.environ
+        if prefix is None:
+            prefix = env.get(
+                "WATCHER_PROCMON_NODENAME_PREFIX", env.get("WATCHER_PROCMON_HOST_PREFIX", "jcode-")
+            )
+        raw = env.get("WATCHER_PROCMON_CAPTURE_STDERR", "1").strip().lower()
+        if raw not in ("0", "1", "true", "false", "yes", "no", ""):
+            raise ConfigError(f"WATCHER_PROCMON_CAPTURE_STDERR must be 0 or 1, got {raw!r}")
+        ident = IdentityConfig.from_env()
+        if prefix:  # the kernel filter and the hostname parser must agree
+            ident = replace(ident, hostname_prefix=prefix)
+        return cls(
+            agent=AgentSettings.from_env(),
+            state_dir=Path(env.get("STATE_DIR", "").strip() or DEFAULT_STATE_DIR),
+            prefix=prefix,
+            capture_stderr=raw in ("1", "true", "yes", ""),
+            identity=ident,
+        )
+
+
+class StdoutSink:
+    """``--stdout``: one JSON line per wire event (file content left out)."""
+
+    def put(self, event: Event, content: bytes | None = None) -> None:
+        print(json.dumps(dump_event(event), ensure_ascii=False), flush=True)
+
+
+class TracerLoop:
+    """Reads the ring buffer in its own thread (libbpf's poll blocks) and feeds the
+    pipeline; watches the kernel's drop counters for /health."""
+
+    def __init__(self, tracer: Tracer, pipeline: Pipeline, health: Health | None) -> None:
+        self.tracer = tracer
+        self.pipeline = pipeline
+        self.health = health
+        self.counters: Counters | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="procmon-tracer", daemon=True)
+        self._last_drops = 0
+        self._drop_seen_at = 0.0
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        next_check = 0.0
+        try:
+            while not self._stop.is_set():
+                for ev in self.tracer.read_events():
+                    self.pipeline.feed(ev)
+                if time.monotonic() >= next_check:
+                    self._check()
+                    next_check = time.monotonic() + HEALTH_CHECK_S
+            for ev in self.tracer.read_events(0):  # what arrived before the stop
+                self.pipeline.feed(ev)
+            self.pipeline.flush()
+            self._check()
+        except BaseException as exc:  # surfaced by stop(); the agent exits non-zero
+            self.error = exc
+            log.exception("tracer loop failed")
+
+    def _check(self) -> None:
+        c = self.counters = self.tracer.counters()
+        if c.dropped > self._last_drops:
+            self._last_drops = c.dropped
+            self._drop_seen_at = time.monotonic()
+            if self.health is not None:
+                self.health.set_degraded("ringbuf_drops", f"{c.dropped} kernel records lost")
+        elif self.health is not None and time.monotonic() - self._drop_seen_at > DROP_CLEAR_S:
+            self.health.clear("ringbuf_drops")
+
+    def stop(self, timeout_s: float) -> None:
+        self._stop.set()
+        self._thread.join(timeout_s)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+
+async def run(cfg: ProcmonConfig, tracer: Tracer) -> int:
+    outbox = Outbox(cfg.outbox_path, budget_bytes=cfg.agent.outbox_budget_bytes)
+    health = Health("watcher-procmon", info=lambda: {"outbox_events": outbox.stats().events})
+    metrics = ProcmonMetrics(REGISTRY)
+    sender = Sender(
+        outbox,
+        cfg.agent.api_server,
+        cfg.agent.agent_token,
+        registry=REGISTRY,
+        user_agent=f"watcher-procmon/{agent_version()}",
+    )
+    pipeline = Pipeline(
+        outbox, node=cfg.agent.node_name, identity=cfg.identity, metrics=metrics, health=health
+    )
+    loop_ = TracerLoop(tracer, pipeline, health)
+    REGISTRY.register(KernelCollector(lambda: loop_.counters))
+    http = AgentHttpServer(health, REGISTRY, port=cfg.agent.metrics_port).start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    sender_task = loop.create_task(sender.run_forever())
+    loop_.start()
+    log.info("procmon ready: tracing student containers (prefix %r)", cfg.prefix)
+    try:
+        while not stop.is_set() and loop_.alive:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        log.info("procmon stopping")
+    finally:
+        t0 = time.monotonic()
+        await asyncio.to_thread(loop_.stop, 2.0)
+        left = max(0.5, SHUTDOWN_BUDGET_S - (time.monotonic() - t0))
+        await sender.stop(drain_timeout_s=left)
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender_task
+        http.stop()
+        log.info(
+            "procmon stopped: %d runs, %d snapshots captured; outbox holds %d events",
+            pipeline.runs,
+            pipeline.snapshots,
+            outbox.stats().events,
+        )
+        outbox.close()
+    return 1 if loop_.error is not None else 0
+
+
+def run_stdout(cfg: ProcmonConfig, tracer: Tracer) -> int:
+    pipeline = Pipeline(StdoutSink(), node=cfg.agent.node_name, identity=cfg.identity)
+    loop_ = TracerLoop(tracer, pipeline, None)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    loop_.start()
+    log.info("procmon ready: JSON lines on stdout")
+    while not stop.is_set() and loop_.alive:
+        stop.wait(0.5)
+    loop_.stop(2.0)
+    return 1 if loop_.error is not None else 0
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="watcher-procmon",
-        description="Trace exec/exit of processes in student containers (CO-RE eBPF via "
-        "libbpf) and print one JSON line per finished process.",
+        description="JCode Watcher exec agent: traces every compile and run in student "
+        "containers with CO-RE eBPF (libbpf) -- exit status, argv, the source files "
+        "compiled (hashed and snapshotted at exec) and the compiler's diagnostics -- and "
+        "sends them to the backend through a durable outbox.",
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "--prefix",
-        default=os.environ.get("WATCHER_PROCMON_HOST_PREFIX", "jcode-"),
+        default=None,
         help="UTS hostname prefix of student containers; '' traces every process "
-        "(env WATCHER_PROCMON_HOST_PREFIX, default %(default)r)",
+        "(default: $WATCHER_PROCMON_NODENAME_PREFIX or 'jcode-')",
     )
     p.add_argument(
         "--bpf-object",
@@ -72,36 +237,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "or the copy installed in the package)",
     )
     p.add_argument("--check", action="store_true", help="load and attach, then exit 0")
-    p.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "INFO"))
+    p.add_argument(
+        "--stdout", action="store_true", help="print wire events as JSON lines; no outbox"
+    )
+    p.add_argument("--log-level", default=None, help="overrides LOG_LEVEL")
+    p.add_argument("--version", action="version", version=agent_version())
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     try:
-        tracer = Tracer(TracerConfig(prefix=args.prefix, bpf_object=args.bpf_object))
-    except (TracerError, FileNotFoundError) as exc:
+        cfg = ProcmonConfig.from_env(args.prefix)
+    except (ConfigError, ValueError) as exc:
+        print(f"watcher-procmon: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    token = cfg.agent.agent_token
+    level = (args.log_level or cfg.agent.log_level).upper()
+    setup_logging(level, "watcher_procmon", tokens=[token] if token else [])
+    log.info("procmon starting (version %s, node %s)", agent_version(), cfg.agent.node_name)
+    try:
+        tracer = Tracer(
+            TracerConfig(
+                prefix=cfg.prefix,
+                bpf_object=args.bpf_object,
+                capture_stderr=cfg.capture_stderr,
+            )
+        )
+    except (TracerError, FileNotFoundError, ValueError) as exc:
         log.error("procmon cannot start: %s", exc)
         return EXIT_CANNOT_RUN
-    stop = False
-
-    def _stop(_sig: int, _frame: FrameType | None) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     with tracer:
+        log.info(
+            "eBPF programs attached (stderr capture %s)", "on" if cfg.capture_stderr else "off"
+        )
         if args.check:
             log.info("procmon check ok: BPF programs loaded and attached")
             return 0
-        while not stop:
-            for rec in tracer.poll():
-                print(json.dumps(record_json(rec), ensure_ascii=False), flush=True)
-        c = tracer.counters()
-        log.info("stopping: %s", c)
-    return 0
+        if args.stdout:
+            return run_stdout(cfg, tracer)
+        return asyncio.run(run(cfg, tracer))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from watcher_procmon.events import Event, ExecEvent, ExitEvent
+from watcher_procmon.events import Event, ExecEvent, ExitEvent, StderrEvent
 
 
 class BootClock:
@@ -91,6 +91,8 @@ class Pairer:
 
     def feed(self, event: Event) -> ProcessRecord | None:
         """Returns the record this event completes, if any."""
+        if isinstance(event, StderrEvent):
+            return None  # not part of a process's life; the agent's build aggregator's
         if isinstance(event, ExecEvent):
             prev = self.open.pop(event.tgid, None)
             self.open[event.tgid] = event

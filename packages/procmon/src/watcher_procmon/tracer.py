@@ -19,6 +19,11 @@ from pathlib import Path
 from watcher_procmon import libbpf
 from watcher_procmon.events import (
     PREFIX_MAX,
+    STDERR_BUDGET,
+    TOOL_COMPILER,
+    TOOL_INTERPRETER,
+    TOOL_NAME_LEN,
+    TOOL_NONE,
     Event,
     PmConfig,
     PmCounters,
@@ -31,6 +36,16 @@ log = logging.getLogger("watcher_procmon.tracer")
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 PROGRAMS = ("handle_exec", "handle_exit")
+STDERR_PROGRAM = "handle_sys_enter"
+
+# The kernel's "tools" map (see procmon_event.h): exe basenames after a version suffix and a
+# triplet prefix are cut. Explicit NONE entries keep gcc's passes from matching "cc"/"as"
+# after the cut ("cc1" -> "cc"); they are still captured as children of their driver.
+TOOL_CLASSES: dict[str, int] = {
+    **dict.fromkeys(("gcc", "g++", "cc", "c++", "clang", "clang++", "javac"), TOOL_COMPILER),
+    **dict.fromkeys(("python", "java", "node", "nodejs"), TOOL_INTERPRETER),
+    **dict.fromkeys(("cc1", "cc1plus", "cc1obj", "f951", "lto1"), TOOL_NONE),
+}
 
 
 class TracerError(RuntimeError):
@@ -44,6 +59,9 @@ class TracerConfig:
     wakeup_every: int = 64  # wake the reader every N records per CPU ...
     wakeup_bytes: int = 16 << 10  # ... or at once for a record this large
     poll_ms: int = 50  # ... and read whatever is there at least this often
+    # compilers' stderr (diagnostics); off: the sys_enter program is not even attached
+    capture_stderr: bool = True
+    stderr_budget: int = STDERR_BUDGET  # bytes per build (driver + children)
     bpf_object: Path | None = None  # default: objpath.find_bpf_object()
 
 
@@ -61,10 +79,22 @@ class Counters:
     exec_read_err: int
     exec_not_tracked: int
     wakeups: int
+    stderr_seen: int
+    stderr_emitted: int
+    stderr_drop_budget: int
+    stderr_drop_ringbuf: int
+    stderr_read_err: int
+    capture_full: int
 
     @property
     def dropped(self) -> int:
-        return self.exec_drop_ringbuf + self.exec_drop_scratch + self.exit_drop_ringbuf
+        """Records lost (ring buffer full, no scratch): never expected."""
+        return (
+            self.exec_drop_ringbuf
+            + self.exec_drop_scratch
+            + self.exit_drop_ringbuf
+            + self.stderr_drop_ringbuf
+        )
 
     def balanced(self) -> bool:
         """seen == emitted + filtered + dropped, for execs and for exits."""
@@ -75,6 +105,11 @@ class Counters:
             + self.exec_drop_ringbuf
             + self.exec_drop_scratch
             and self.exit_seen == self.exit_emitted + self.exit_filtered + self.exit_drop_ringbuf
+            and self.stderr_seen
+            == self.stderr_emitted
+            + self.stderr_drop_budget
+            + self.stderr_drop_ringbuf
+            + self.stderr_read_err
         )
 
 
@@ -130,11 +165,19 @@ class Tracer:
             enabled=1,
             wakeup_every=cfg.wakeup_every,
             wakeup_bytes=cfg.wakeup_bytes,
+            capture_stderr=int(cfg.capture_stderr),
+            stderr_budget=cfg.stderr_budget,
         )
         obj.map("settings").update(ctypes.c_uint32(0), c)
+        tools = obj.map("tools")
+        for name, cls in TOOL_CLASSES.items():
+            key = ctypes.create_string_buffer(name.encode(), TOOL_NAME_LEN)  # NUL-padded
+            tools.update(key, ctypes.c_uint32(cls))
         self._rb = libbpf.RingBuffer(obj.map("events"), self._on_record)
         for prog in PROGRAMS:
             obj.attach(prog)
+        if cfg.capture_stderr:
+            obj.attach(STDERR_PROGRAM)
         log.info("procmon BPF attached (%s, prefix %r)", path, self.config.prefix)
 
     def _on_record(self, raw: bytes) -> None:
