@@ -123,6 +123,7 @@ def body(result: Result) -> None:
                     times.append((time.perf_counter() - t) * 1000)
                     r.raise_for_status()
             result.other_cpu_cores = round(cpu.other_cores, 2)
+            result.server_cpu_cores = round(cpu.server_cores, 2)
     times.sort()
     p50 = statistics.median(times)
     p99 = times[min(len(times) - 1, int(len(times) * 0.99))]

@@ -67,6 +67,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
     other_cpu_cores: float | None = None  # CPU used by processes other than ours
+    server_cpu_cores: float | None = None  # CPU the backend itself used (1.0 = a whole core)
     loadavg_before: str = ""
 
 
@@ -156,7 +157,9 @@ class CpuMeter:
         ours = (proc_cpu_ticks(self.server_pid) - self.srv0) + (
             self_and_children_ticks() - self.own0
         )
+        srv = proc_cpu_ticks(self.server_pid) - self.srv0
         self.other_cores = max(0.0, (busy - ours) / CLK_TCK / wall) if wall > 0 else 0.0
+        self.server_cores = srv / CLK_TCK / wall if wall > 0 else 0.0
         self.wall = wall
 
 
@@ -307,6 +310,8 @@ def print_result(r: Result) -> None:
         print(line)
     for n in r.notes:
         print(f"   note: {n}")
+    if r.server_cpu_cores is not None:
+        print(f"   the backend used ≈{r.server_cpu_cores:.2f} of its 1 pinned CPU core")
     if r.other_cpu_cores is not None:
         print(f"   other processes used ≈{r.other_cpu_cores:.2f} CPU cores during the measurement")
     print(flush=True)

@@ -70,6 +70,7 @@ def body(result: Result) -> None:
         with CpuMeter(be.pid) as cpu:
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
         result.other_cpu_cores = round(cpu.other_cores, 2)
+        result.server_cpu_cores = round(cpu.server_cores, 2)
         print(out)
         line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
         w = json.loads(line.removeprefix("WRK_JSON "))

@@ -107,6 +107,7 @@ def body(result: Result) -> None:
         with CpuMeter(be.pid) as cpu:
             seconds, counts, lat = asyncio.run(send_all(be, bodies))
         result.other_cpu_cores = round(cpu.other_cores, 2)
+        result.server_cpu_cores = round(cpu.server_cores, 2)
     stored = counts.get("stored", 0)
     eps = stored / seconds
     lat.sort()

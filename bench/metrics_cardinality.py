@@ -77,6 +77,7 @@ def body(result: Result) -> None:
         with CpuMeter(be.pid) as cpu:
             out = run_until_quota(cmd, env)
         result.other_cpu_cores = round(cpu.other_cores, 2)
+        result.server_cpu_cores = round(cpu.server_cores, 2)
         print(out)
         w = json.loads(next(x for x in out.splitlines() if x.startswith("WRK_JSON "))[9:])
         with urllib.request.urlopen(f"{be.url}/metrics", timeout=30) as r:

@@ -100,6 +100,11 @@ def main() -> int:
         lines.append(f"- command: `{r['command']}` ({r['wall_s']} s wall, status {r['status']})")
         if r["error"]:
             lines.append(f"- error: `{r['error']}`")
+        if r.get("server_cpu_cores") is not None:
+            lines.append(
+                f"- CPU the backend used: ≈{r['server_cpu_cores']} of its one pinned core"
+                " (well below 1.0 means it was starved, not saturated)"
+            )
         if r.get("other_cpu_cores") is not None:
             lines.append(
                 f"- CPU used by other processes during the measurement: ≈{r['other_cpu_cores']}"
