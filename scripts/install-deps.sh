@@ -31,6 +31,7 @@ APT_PACKAGES=(
   make          # procmon: make -C packages/procmon bpf
   gcc           # procmon tests: header layout probe and student C workloads
   libc6-dev     # procmon tests: libc/pthread headers + linux/types.h for the C probes
+  g++ default-jdk-headless  # procmon tests: g++ multi-file and javac builds + diagnostics
   vim nano tmux git  # filemon tests: real editors (nano driven through tmux), git checkout bursts
 )
 
