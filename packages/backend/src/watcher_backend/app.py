@@ -26,7 +26,7 @@ log = logging.getLogger("watcher_backend")
 
 # Read-side routers written separately; included when present (order matters: compat's
 # catch-all /api/{class_div}/{hw}/{student} must come last).
-OPTIONAL_ROUTERS = ("watcher_backend.query", "watcher_backend.compat")
+OPTIONAL_ROUTERS = ("watcher_backend.query", "watcher_backend.analytics", "watcher_backend.compat")
 
 
 def _optional_router(module: str) -> Any | None:
