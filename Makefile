@@ -29,3 +29,14 @@ lint: deps ## ruff check + ruff format --check + mypy (strict) on the typed pack
 
 bench: deps ## run the benchmarks and rewrite docs/benchmarks.md (numbers, not pass/fail)
 	@bash bench/run_all.sh
+
+# Container images (scripts/images.sh; needs a Docker engine). Build context: the repo root.
+REGISTRY ?= harbor.jbnu.ac.kr/jinseok1006
+TAG ?= 0.0.1
+.PHONY: images push
+
+images: ## build the three images <REGISTRY>/watcher-{backend,filemon,procmon}:<TAG>
+	@REGISTRY='$(REGISTRY)' TAG='$(TAG)' bash scripts/images.sh build
+
+push: ## push the three images (after `docker login <registry host>`)
+	@REGISTRY='$(REGISTRY)' TAG='$(TAG)' bash scripts/images.sh push
