@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, func, literal, or_, select, union_all
 
 from watcher_backend.analytics_metrics import CRASH_SIGNALS, Compile, error_template
-from watcher_backend.db.tables import NOTEBOOK_CELLS, RUNS, SNAPSHOTS, STUDENTS
+from watcher_backend.db.tables import FILES, NOTEBOOK_CELLS, RUNS, SNAPSHOTS, STUDENTS
 
 S, R, C = SNAPSHOTS.c, RUNS.c, NOTEBOOK_CELLS.c
 COMPILE_CATEGORY = "build"  # compiler invocations; make & co. would count their gcc twice
@@ -206,31 +206,30 @@ class FileSizes:
 def first_and_final_sizes(
     conn: Connection, asg: int, student_pk: int | None = None
 ) -> list[FileSizes]:
-    """Per file: size of its first and of its latest saved version (one row per file)."""
-    first = func.row_number().over(partition_by=S.file_id, order_by=(S.ts_us, S.id))
-    last = func.row_number().over(partition_by=S.file_id, order_by=(S.ts_us.desc(), S.id.desc()))
-    ranked = _one(
-        select(
-            S.student_pk.label("spk"),
-            S.file_id.label("fid"),
-            S.size.label("size"),
-            first.label("rf"),
-            last.label("rl"),
-        ).where(S.assignment_id == asg),
-        S.student_pk,
-        student_pk,
-    ).subquery()
-    rows = conn.execute(
-        select(
-            ranked.c.spk,
-            ranked.c.fid,
-            func.max(case((ranked.c.rf == 1, ranked.c.size))),
-            func.max(case((ranked.c.rl == 1, ranked.c.size))),
+    """Per file: size of its first and of its latest saved version. Two probes of the
+    (file_id, ts_us) index per file — a window over every snapshot was 20x slower."""
+
+    def edge(newest: bool) -> Any:
+        order = (S.ts_us.desc(), S.id.desc()) if newest else (S.ts_us, S.id)
+        return (
+            select(S.size)
+            .where(S.file_id == FILES.c.id)
+            .order_by(*order)
+            .limit(1)
+            .correlate(FILES)
+            .scalar_subquery()
         )
-        .where(or_(ranked.c.rf == 1, ranked.c.rl == 1))
-        .group_by(ranked.c.spk, ranked.c.fid)
+
+    rows = conn.execute(
+        _one(
+            select(FILES.c.student_pk, FILES.c.id, edge(False), edge(True)).where(
+                FILES.c.assignment_id == asg
+            ),
+            FILES.c.student_pk,
+            student_pk,
+        )
     ).all()
-    return [FileSizes(int(a), int(b), int(c), int(d)) for a, b, c, d in rows]
+    return [FileSizes(int(a), int(b), int(c), int(d)) for a, b, c, d in rows if c is not None]
 
 
 @dataclass(frozen=True, slots=True)
