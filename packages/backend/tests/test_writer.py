@@ -134,3 +134,32 @@ def test_sync_api_and_stop(engine: Engine) -> None:
     w.stop()
     with pytest.raises(WriterStopped):
         w.submit_sync([snap("202000003", "d.c", b"d")])
+
+
+async def test_database_error_isolates_the_event(writer: GroupCommitWriter, engine: Engine) -> None:
+    # The set-wise insert of a group fails on one event (its snapshot row exists but its
+    # events row was removed, so the duplicate check passes): the group is redone one
+    # event per savepoint and only that event is refused.
+    a = snap("202000004", "a.c", b"a")
+    (r,) = await writer.submit([a])
+    assert r.status == "stored"
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM events WHERE event_id = :e"), {"e": a.event_id})
+    b, c = snap("202000004", "b.c", b"b"), snap("202000005", "c.c", b"c")
+    first, second = await asyncio.gather(writer.submit([b, a]), writer.submit([c]))
+    assert [x.status for x in first] == ["stored", "rejected"]
+    assert (first[1].error or "").startswith("database refused the event")
+    assert [x.status for x in second] == ["stored"]
+    assert count(engine, "snapshots") == 3 and count(engine, "files") == 3
+    # the cache was rebuilt after the rollback: later events still find their rows
+    (r,) = await writer.submit([snap("202000004", "b.c", b"b2")])
+    assert r.status == "stored"
+    assert count(engine, "files") == 3
+
+
+async def test_duplicates_within_a_group(writer: GroupCommitWriter, engine: Engine) -> None:
+    a = snap("202000006", "a.c", b"a")
+    bad = snap("202000006", "x.c", None)  # blob missing: retry, so its id stays free
+    res = await writer.submit([bad, a, a])
+    assert [x.status for x in res] == ["retry", "stored", "duplicate"]
+    assert count(engine, "snapshots") == 1

@@ -60,6 +60,11 @@ def prepare_blob(sha256: str, data: bytes) -> PreparedBlob:
     """Verify ``data`` hashes to ``sha256`` and compress it (raw when that does not help)."""
     if sha256_hex(data) != sha256:
         raise BlobHashMismatch("content does not match its sha256")
+    return pack_blob(sha256, data)
+
+
+def pack_blob(sha256: str, data: bytes) -> PreparedBlob:
+    """Compress ``data`` already verified to hash to ``sha256`` (raw when that does not help)."""
     if len(data) >= MIN_COMPRESS:
         packed = _compressor().compress(data)
         if len(packed) < len(data):

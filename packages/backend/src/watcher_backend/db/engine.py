@@ -15,6 +15,10 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+SQLITE_CACHE_KIB = 64 * 1024
+SQLITE_MMAP_BYTES = 256 * 1024 * 1024
+# Connection execution option set by the group-commit writer on its own connection.
+WRITER_OPTION = "watcher_writer"
 
 
 def normalize_url(db_url: str | URL) -> URL:
@@ -50,14 +54,27 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit is atomic and consistent, but the last commits before
+        # an OS crash or power loss (not a process crash) may be lost. Acceptable here: the
+        # agents' outbox keeps every event until the backend acks it, and a lost commit
+        # is simply re-sent (event ids make that idempotent). FULL would fsync per commit.
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
+        # page cache per connection (negative = KiB), temp b-trees in memory, and reads
+        # through mmap instead of read() copies.
+        cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+        cur.execute("PRAGMA temp_store=MEMORY")
+        cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
+        # The group-commit writer takes the write lock at BEGIN: it reads (dedupe, MAX(id)
+        # for the ids it allocates) before it writes, and a deferred transaction could not
+        # upgrade to a writer after another connection committed (SQLITE_BUSY_SNAPSHOT).
+        immediate = conn.get_execution_options().get(WRITER_OPTION)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
     return engine
 

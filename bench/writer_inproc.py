@@ -1,0 +1,85 @@
+"""In-process ingest cost per event (no HTTP): request-side parse + writer apply + commit.
+
+Noise-resistant companion of ingest_batch.py: both halves of the ingest path run on this
+thread and are timed in CPU time, so other load on the machine matters much less.
+
+  uv run python bench/writer_inproc.py                   # per-event µs
+  BENCH_PROFILE=1 uv run python bench/writer_inproc.py   # + cProfile of the writer half
+"""
+
+from __future__ import annotations
+
+import cProfile
+import os
+import pstats
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from ingest_batch import make_bodies
+
+from watcher_backend import ingest, store
+from watcher_backend.db.engine import make_engine, migrate
+from watcher_backend.writer import GroupCommitWriter, _Item
+
+TOTAL = int(os.environ.get("BENCH_INGEST_EVENTS", "20000"))
+BATCH = int(os.environ.get("BENCH_INGEST_BATCH", "500"))
+# batches per group commit (concurrent requests the writer drains at once)
+GROUP = int(os.environ.get("BENCH_GROUP", "2"))
+
+
+def _prepare(body: bytes) -> list:  # type: ignore[type-arg]
+    prep = getattr(ingest, "prepare_events", None)
+    if prep is not None:  # batch-oriented request side
+        return list(prep(body).valid)
+    import json
+
+    from watcher_common.wire import parse_event
+
+    events = [parse_event(x) for x in json.loads(body)["events"]]
+    prepare_event = getattr(store, "prepare_event", None)
+    return events if prepare_event is None else [prepare_event(e) for e in events]
+
+
+def main() -> None:
+    bodies = make_bodies(TOTAL, BATCH, f"ip{int(time.time())}")
+    t = time.process_time()
+    prepared = [_prepare(b) for b in bodies]
+    parse_us = (time.process_time() - t) / TOTAL * 1e6
+    with tempfile.TemporaryDirectory() as tmp:
+        engine = make_engine(f"sqlite:///{tmp}/w.db")
+        migrate(engine)
+        writer = GroupCommitWriter(engine)  # not started: _process runs on this thread
+        prof = cProfile.Profile() if os.environ.get("BENCH_PROFILE") else None
+        t = time.process_time()
+        w = time.perf_counter()
+        if prof is not None:
+            prof.enable()
+        for k in range(0, len(prepared), GROUP):
+            items = [_Item(events=p) for p in prepared[k : k + GROUP]]
+            writer._process(items)
+            for it in items:
+                assert it.error is None, it.error
+                bad = [r for r in it.result if r.status != "stored"]
+                assert not bad, bad[:3]
+        if prof is not None:
+            prof.disable()
+        cpu = time.process_time() - t
+        wall = time.perf_counter() - w
+        writer._close()
+        engine.dispose()
+    print(f"events: {TOTAL}, batch {BATCH}, {GROUP} batches per commit")
+    print(f"request side (parse/validate/prepare): {parse_us:7.1f} µs/event CPU")
+    print(
+        f"writer (apply + commit): {cpu / TOTAL * 1e6:7.1f} µs/event CPU, "
+        f"{wall / TOTAL * 1e6:7.1f} µs/event wall"
+    )
+    if prof is not None:
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()
