@@ -33,6 +33,7 @@ APT_PACKAGES=(
   libc6-dev     # procmon tests: libc/pthread headers + linux/types.h for the C probes
   g++ default-jdk-headless  # procmon tests: g++ multi-file and javac builds + diagnostics
   vim nano tmux git  # filemon tests: real editors (nano driven through tmux), git checkout bursts
+  chromium      # instructor UI tests: Playwright drives /usr/bin/chromium headless (no browser download)
 )
 
 # uv must never try to download a Python build from outside the allowed registries.
