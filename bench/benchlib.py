@@ -69,6 +69,7 @@ class Result:
     other_cpu_cores: float | None = None  # CPU used by processes other than ours
     server_cpu_cores: float | None = None  # CPU the backend itself used (1.0 = a whole core)
     loadavg_before: str = ""
+    date: str = ""  # when this benchmark ran (UTC)
 
 
 def log(msg: str) -> None:
@@ -278,7 +279,13 @@ def loadavg() -> str:
 def run_bench(bench_id: str, title: str, body: Any) -> int:
     """Run ``body(result)``; print and save the result. Exit code 0 even for missed targets."""
     command = "uv run python " + " ".join([f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
-    result = Result(id=bench_id, title=title, command=command, loadavg_before=loadavg())
+    result = Result(
+        id=bench_id,
+        title=title,
+        command=command,
+        loadavg_before=loadavg(),
+        date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    )
     log(f"{bench_id}: {title}")
     t0 = time.monotonic()
     try:

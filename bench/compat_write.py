@@ -90,6 +90,15 @@ def body(result: Result) -> None:
                 f"{OLD['compat_write_rps']:,.0f} req/s",
                 ratio_text(rps, OLD["compat_write_rps"], higher_is_better=True),
             ),
+            Metric(
+                "throughput per backend CPU-second",
+                rps / cpu.server_cores if cpu.server_cores else None,
+                "req/s",
+                "",
+                None,
+                "",
+                "",
+            ),
             Metric("latency p50", p50, "ms"),
             Metric(
                 "latency p99",

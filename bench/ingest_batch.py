@@ -119,6 +119,11 @@ def body(result: Result) -> None:
             ">= 20,000",
             target_check(eps, ">=", 20000),
         ),
+        Metric(
+            "events per backend CPU-second",
+            eps / cpu.server_cores if cpu.server_cores else None,
+            "events/s",
+        ),
         Metric("batch latency p50", lat[len(lat) // 2] * 1000, "ms"),
         Metric("batch latency p99", lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, "ms"),
     ]

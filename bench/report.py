@@ -42,7 +42,11 @@ def main() -> int:
         "",
         "Numbers, not pass/fail. Each benchmark starts its own `watcher-backend` (one uvicorn"
         " worker, a fresh temporary SQLite database) pinned to CPU 0 with `taskset`; the load"
-        " generator (wrk or an httpx client) runs on CPU 1; all traffic is over loopback.",
+        " generator (wrk or an httpx client) runs on CPU 1; all traffic is over loopback."
+        " The CPU the backend itself got is measured too; *per backend CPU-second* figures"
+        " divide the throughput by it, which makes them less sensitive to other load on a"
+        " shared machine (they are not what one dedicated core would do: latency and"
+        " scheduling still suffer).",
         "",
         "**Old system:** the old JCode-Watcher cannot be run here. Its column shows the"
         " *recorded* figures (137 req/s and p99 1,091 ms for compat single-event writes;"
@@ -51,7 +55,7 @@ def main() -> int:
         "",
         "## Machine and run",
         "",
-        f"- date: {now}",
+        f"- report written: {now} (each benchmark's own time is under Details)",
         f"- command: `make bench` (commit `{info['commit']}`)",
         f"- CPU: {info['cpu']}, `nproc` = {info['nproc']}",
         f"- kernel: {info['kernel']}, Python {info['python']}",
@@ -68,7 +72,9 @@ def main() -> int:
             + ", ".join(f"{r['id']}: ≈{r['other_cpu_cores']:.2f} cores" for r in contended)
             + ". On a quiet machine the numbers may differ."
         )
-    overrides = sorted(k for k in os.environ if k.startswith("BENCH_") and k != "BENCH_NOTE")
+    overrides = sorted(
+        k for k in os.environ if k.startswith("BENCH_") and k not in ("BENCH_NOTE", "BENCH_OUT")
+    )
     if overrides:
         lines.append(
             "- settings changed from the defaults: "
@@ -97,7 +103,10 @@ def main() -> int:
     for r in results:
         lines.append(f"### {r['id']}: {r['title']}")
         lines.append("")
-        lines.append(f"- command: `{r['command']}` ({r['wall_s']} s wall, status {r['status']})")
+        lines.append(
+            f"- command: `{r['command']}` ({r.get('date', '')}, {r['wall_s']} s wall,"
+            f" status {r['status']}, load average before: {r['loadavg_before']})"
+        )
         if r["error"]:
             lines.append(f"- error: `{r['error']}`")
         if r.get("server_cpu_cores") is not None:

@@ -17,8 +17,9 @@ declare -A SCRIPTS=(
 )
 read -r -a selected <<<"${BENCHES:-a b c d}"
 
-rm -rf "$BENCH_OUT"
+# Results of benchmarks not selected this time stay and are reported with their own date.
 mkdir -p "$BENCH_OUT"
+for id in "${selected[@]}"; do rm -f "$BENCH_OUT/$id.json"; done
 failed=()
 for id in "${selected[@]}"; do
   script="${SCRIPTS[$id]:-}"
