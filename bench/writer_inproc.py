@@ -32,9 +32,9 @@ GROUP = int(os.environ.get("BENCH_GROUP", "2"))
 
 
 def _prepare(body: bytes) -> list:  # type: ignore[type-arg]
-    prep = getattr(ingest, "prepare_events", None)
-    if prep is not None:  # batch-oriented request side
-        return list(prep(body).valid)
+    parse_batch = getattr(ingest, "parse_batch", None)
+    if parse_batch is not None:  # batch-oriented request side
+        return list(parse_batch(body, 10**6).valid)
     import json
 
     from watcher_common.wire import parse_event
@@ -42,6 +42,10 @@ def _prepare(body: bytes) -> list:  # type: ignore[type-arg]
     events = [parse_event(x) for x in json.loads(body)["events"]]
     prepare_event = getattr(store, "prepare_event", None)
     return events if prepare_event is None else [prepare_event(e) for e in events]
+
+
+def _status(r: object) -> str:
+    return str(r[1] if isinstance(r, tuple) else r.status)  # type: ignore[attr-defined]
 
 
 def main() -> None:
@@ -63,7 +67,7 @@ def main() -> None:
             writer._process(items)
             for it in items:
                 assert it.error is None, it.error
-                bad = [r for r in it.result if r.status != "stored"]
+                bad = [r for r in it.result if _status(r) != "stored"]
                 assert not bad, bad[:3]
         if prof is not None:
             prof.disable()

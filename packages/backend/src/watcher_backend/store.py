@@ -30,7 +30,6 @@ is still ``db.models``.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from collections.abc import Iterator, Sequence
@@ -60,6 +59,14 @@ from watcher_common.wire import (
 
 from .blobs import PreparedBlob, pack_blob, sha256_hex
 from .db.rawsql import RawSql, raw_for
+
+# (event id, status, error): what the writer answers per event. A tuple, not an
+# EventResult: building ~1,000 pydantic models per commit would cost the writer ~5 ms.
+Outcome = tuple[str, ResultStatus, str | None]
+
+
+def to_result(o: Outcome) -> EventResult:
+    return EventResult(event_id=o[0], status=o[1], error=o[2])
 
 
 class StoreError(Exception):
@@ -187,7 +194,8 @@ def prepare_event(ev: Event) -> Prepared:
         if ev.content_b64 is None:
             return Prepared(ev)
         try:
-            data = base64.b64decode(ev.content_b64, validate=True)
+            # = b64decode(validate=True) without its regex pass (~8 µs per KiB)
+            data = binascii.a2b_base64(ev.content_b64.encode("ascii"), strict_mode=True)
         except (binascii.Error, ValueError):
             return Prepared(ev, content_error="content_b64 is not valid base64")
         if len(data) != ev.size:
@@ -561,7 +569,7 @@ def _load_blob_sizes(raw: RawSql, cache: IdCache, shas: list[str]) -> None:
             cache.blob_sizes[sha] = int(size)
 
 
-def apply_batch(conn: Connection, batch: Sequence[Prepared], cache: IdCache) -> list[EventResult]:
+def apply_batch(conn: Connection, batch: Sequence[Prepared], cache: IdCache) -> list[Outcome]:
     """Store ``batch`` set-wise; one result per event, in order.
 
     ``stored``, ``duplicate`` (id seen before, in the database or earlier in the batch:
@@ -589,13 +597,13 @@ def apply_batch(conn: Connection, batch: Sequence[Prepared], cache: IdCache) -> 
     b.snapshot_ids = b.allocate_ids("snapshots", n_snap)
     b.run_ids = b.allocate_ids("runs", n_run)
 
-    results: list[EventResult] = []
+    results: list[Outcome] = []
     seen: set[str] = set()
     for p in batch:
         ev = p.event
         eid = ev.event_id
         if eid in existing or eid in seen:
-            results.append(EventResult(event_id=eid, status="duplicate"))
+            results.append((eid, "duplicate", None))
             continue
         try:
             if isinstance(ev, FileSnapshot):
@@ -612,10 +620,10 @@ def apply_batch(conn: Connection, batch: Sequence[Prepared], cache: IdCache) -> 
                 raise Rejected(f"unsupported event kind {ev.kind!r}")
         except StoreError as exc:
             status: ResultStatus = "retry" if isinstance(exc, Retry) else "rejected"
-            results.append(EventResult(event_id=eid, status=status, error=exc.message))
+            results.append((eid, status, exc.message))
             continue
         seen.add(eid)  # only a stored event makes later copies duplicates
         b.events.append((eid, ev.kind, b.received))
-        results.append(EventResult(event_id=eid, status="stored"))
+        results.append((eid, "stored", None))
     b.flush()
     return results

@@ -33,7 +33,7 @@ from watcher_common.wire import Event, EventResult
 
 from .db.engine import WRITER_OPTION
 from .db.rawsql import RawSql, raw_for
-from .store import IdCache, Prepared, apply_batch, prepare_event
+from .store import IdCache, Outcome, Prepared, apply_batch, prepare_event, to_result
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +75,17 @@ class _SetwiseFailed(Exception):
         self.cause = cause
 
 
-def _db_error_result(ev: Event, exc: BaseException, dbapi: Any) -> EventResult:
+def _db_error_result(ev: Event, exc: BaseException, dbapi: Any) -> Outcome:
     """The answer for an event the database refused (found by the per-event retry)."""
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     name = type(orig).__name__
     if isinstance(exc, OperationalError) or isinstance(orig, dbapi.OperationalError):
         log.warning("event not stored: database error %s", name)
-        return EventResult(event_id=ev.event_id, status="retry", error="database busy")
+        return (ev.event_id, "retry", "database busy")
     # Constraint or data errors: the event itself is at fault. The driver's message may
     # hold row values (student ids), so only the type is logged and answered.
     log.warning("event rejected by the database: %s", name)
-    return EventResult(
-        event_id=ev.event_id, status="rejected", error=f"database refused the event ({name})"
-    )
+    return (ev.event_id, "rejected", f"database refused the event ({name})")
 
 
 def _resolve_async(items: list[_Item]) -> None:
@@ -153,13 +151,15 @@ class GroupCommitWriter:
         """Apply ``events`` in the next group commit; one result per event, in order."""
         if not events:
             return []
-        return await self.submit_prepared([prepare_event(ev) for ev in events])
+        outcomes = await self.submit_prepared([prepare_event(ev) for ev in events])
+        return [to_result(o) for o in outcomes]
 
-    async def submit_prepared(self, prepared: Sequence[Prepared]) -> list[EventResult]:
-        """``submit`` for events already passed through ``store.prepare_event``."""
+    async def submit_prepared(self, prepared: Sequence[Prepared]) -> list[Outcome]:
+        """``submit`` for events already passed through ``store.prepare_event``; answers
+        plain ``(event_id, status, error)`` tuples (cheap to serialise in bulk)."""
         if not prepared:
             return []
-        return cast(list[EventResult], await self._enqueue_async(_Item(events=prepared)))
+        return cast(list[Outcome], await self._enqueue_async(_Item(events=prepared)))
 
     async def run(self, fn: Callable[[Connection], T], *, invalidate_cache: bool = False) -> T:
         """Run ``fn(conn)`` in the writer's transaction (in a savepoint) and return its result.
@@ -174,7 +174,8 @@ class GroupCommitWriter:
         if not events:
             return []
         prepared = [prepare_event(ev) for ev in events]
-        return cast(list[EventResult], self._enqueue_sync(_Item(events=prepared)))
+        outcomes = cast(list[Outcome], self._enqueue_sync(_Item(events=prepared)))
+        return [to_result(o) for o in outcomes]
 
     def run_sync(self, fn: Callable[[Connection], T], *, invalidate_cache: bool = False) -> T:
         return cast(T, self._enqueue_sync(_Item(fn=fn, invalidate_cache=invalidate_cache)))
@@ -284,7 +285,7 @@ class GroupCommitWriter:
                 for item in batch:
                     if item.events is not None:
                         for p, res in zip(item.events, item.result, strict=True):
-                            tally[(p.event.kind, res.status)] += 1
+                            tally[(p.event.kind, res[1])] += 1
                 self.on_event(tally)
         self.events_applied += n_events
         self.items_served += len(batch)
@@ -327,7 +328,7 @@ class GroupCommitWriter:
             it.result = results[k : k + n]
             k += n
 
-    def _apply_one(self, conn: Connection, raw: RawSql, p: Prepared) -> EventResult:
+    def _apply_one(self, conn: Connection, raw: RawSql, p: Prepared) -> Outcome:
         raw.execute("SAVEPOINT ev")
         try:
             (result,) = apply_batch(conn, [p], self.cache)
@@ -337,13 +338,13 @@ class GroupCommitWriter:
         raw.execute("RELEASE SAVEPOINT ev")
         return result
 
-    def _error_result(self, conn: Connection, p: Prepared, exc: Exception) -> EventResult:
+    def _error_result(self, conn: Connection, p: Prepared, exc: Exception) -> Outcome:
         dbapi = conn.dialect.loaded_dbapi
         if isinstance(exc, DBAPIError | dbapi.Error):
             return _db_error_result(p.event, exc, dbapi)
         # A bug must not take the other requests of the group down with it.
         log.error("event %s could not be applied", p.event.kind, exc_info=exc)
-        return EventResult(event_id=p.event.event_id, status="retry", error="internal error")
+        return (p.event.event_id, "retry", "internal error")
 
     def _rollback_to(self, raw: RawSql, savepoint: str) -> None:
         raw.execute(f"ROLLBACK TO SAVEPOINT {savepoint}")
