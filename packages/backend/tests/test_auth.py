@@ -22,8 +22,12 @@ from watcher_backend.app import create_app
 from watcher_backend.auth import TokenTable, require_admin, require_agent, require_reader
 from watcher_backend.config import Settings
 from watcher_backend.ops import iter_routes
+from watcher_backend.session import COOKIE_NAME
 
-OPEN = {"/health", "/metrics"}
+# The UI shell (HTML/JS/CSS, no data) and sign-in/out authenticate nothing by themselves;
+# test_ui_session.py checks them. Everything else needs a token or a UI session.
+UI_OPEN = {"/", "/ui", "/ui/", "/ui/session", "/ui/logout"}
+OPEN = {"/health", "/metrics"} | UI_OPEN
 ROLE_DEPS: dict[Callable[..., Any], str] = {
     require_agent: "agent",
     require_reader: "reader",
@@ -78,6 +82,7 @@ def test_every_route_needs_the_right_role(
     app: FastAPI = client.app  # type: ignore[assignment]
     routes = list(protected_routes(app))
     assert len(routes) >= 3
+    session = app.state.sessions.issue(admin_headers["Authorization"].split()[1])
     by_role = {"agent": agent_headers, "reader": reader_headers, "admin": admin_headers}
     checked = 0
     for method, url, roles in routes:
@@ -101,6 +106,14 @@ def test_every_route_needs_the_right_role(
         for ok in {role, "admin"}:
             r = client.request(method, url, headers=by_role[ok], **kw)
             assert r.status_code not in (401, 403), f"{method} {url} with {ok} → {r.status_code}"
+        # a UI session (even one signed in with the admin token) is a reader credential only
+        r = client.request(method, url, headers={"Cookie": f"{COOKIE_NAME}={session}"}, **kw)
+        if role == "reader" and method in ("GET", "HEAD"):
+            assert r.status_code not in (401, 403), f"{method} {url} with session → {r.status_code}"
+        else:
+            assert r.status_code == 401, f"{method} {url} with session → {r.status_code}"
+        r = client.request(method, url, headers={"Cookie": f"{COOKIE_NAME}={session}x"}, **kw)
+        assert r.status_code == 401, f"{method} {url} with forged session → {r.status_code}"
     assert checked >= len(routes)
 
 

@@ -14,12 +14,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import __version__, ingest, ops
+from . import __version__, ingest, ops, ui
 from .auth import TokenTable
 from .config import Settings
 from .db.engine import make_engine, migrate
 from .limits import BodyLimitMiddleware
 from .ops import Metrics, MetricsMiddleware
+from .session import SessionSigner
 from .writer import GroupCommitWriter, WriterStopped
 
 log = logging.getLogger("watcher_backend")
@@ -72,10 +73,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.tokens = TokenTable(settings)
+    app.state.sessions = SessionSigner(
+        settings.session_secret,
+        int(settings.session_hours * 3600),
+        settings.reader_tokens + settings.admin_tokens,
+    )
     app.state.metrics = metrics
 
     app.include_router(ops.router)
     app.include_router(ingest.router)
+    ui.install(app)
     for module in OPTIONAL_ROUTERS:
         router = _optional_router(module)
         if router is not None:

@@ -3,6 +3,10 @@
 Tokens are compared in constant time against every configured token (no early exit) and
 are never logged. 401 (+ ``WWW-Authenticate: Bearer``) for a missing or unknown token,
 403 for a known token of the wrong role.
+
+Read routes also accept the instructor UI's signed session cookie (``session.py``), only
+when no bearer header is sent and only on GET/HEAD: a session is never an agent or admin
+credential, and SameSite=Strict plus read-only methods leave nothing to forge cross-site.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from fastapi import HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .config import ROLES, Settings
+from .session import COOKIE_NAME, SessionSigner
 
 _bearer = HTTPBearer(auto_error=False, description="agent, reader or admin token")
 _Creds = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
@@ -54,11 +59,21 @@ def _unauthorized(detail: str) -> HTTPException:
 
 
 def _check(
-    request: Request, creds: HTTPAuthorizationCredentials | None, allowed: frozenset[str]
+    request: Request,
+    creds: HTTPAuthorizationCredentials | None,
+    allowed: frozenset[str],
+    session_ok: bool = False,
 ) -> str:
     table: TokenTable = request.app.state.tokens
     if table.empty:
         raise _unauthorized("no API tokens are configured on this server")
+    if (creds is None or not creds.credentials) and session_ok:
+        cookie = request.cookies.get(COOKIE_NAME)
+        if cookie is not None and request.method in ("GET", "HEAD"):
+            signer: SessionSigner = request.app.state.sessions
+            if signer.valid(cookie):
+                return "reader"
+            raise _unauthorized("session expired or invalid: sign in again")
     if creds is None or not creds.credentials:
         raise _unauthorized("missing bearer token (Authorization: Bearer <token>)")
     roles = table.roles(creds.credentials)
@@ -82,8 +97,8 @@ async def require_agent(request: Request, creds: _Creds) -> str:
 
 
 async def require_reader(request: Request, creds: _Creds) -> str:
-    """Read routes: reader or admin token."""
-    return _check(request, creds, _READER)
+    """Read routes: reader or admin token, or a UI session cookie."""
+    return _check(request, creds, _READER, session_ok=True)
 
 
 async def require_admin(request: Request, creds: _Creds) -> str:

@@ -39,6 +39,9 @@ class Settings(BaseModel):
     max_batch_events: int = Field(default=1000, gt=0)
     # group commit: at most this many events in one transaction
     writer_max_batch: int = Field(default=5000, gt=0)
+    # instructor UI sessions: HMAC secret (empty → random per process) and lifetime
+    session_secret: str = Field(default="", repr=False)
+    session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
 
     @property
     def has_tokens(self) -> bool:
@@ -58,6 +61,7 @@ class Settings(BaseModel):
             "WATCHER_MAX_BLOB_BYTES": "max_blob_bytes",
             "WATCHER_MAX_BATCH_EVENTS": "max_batch_events",
             "WATCHER_WRITER_MAX_BATCH": "writer_max_batch",
+            "WATCHER_SESSION_HOURS": "session_hours",
         }
         for var, field in simple.items():
             raw = env.get(var, "").strip()
@@ -67,6 +71,9 @@ class Settings(BaseModel):
             values["access_log"] = True
         for role in ROLES:
             values[f"{role}_tokens"] = read_tokens(env, f"WATCHER_{role.upper()}_TOKEN")
+        secret = ",".join(read_tokens(env, "WATCHER_SESSION_SECRET"))
+        if secret:
+            values["session_secret"] = secret
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(values)
 

@@ -1,0 +1,117 @@
+"""The instructor web UI: static files (``ui/``) and sign-in/sign-out.
+
+The shell (HTML, JS modules, CSS) holds no data, so it is served without a token; every
+figure it shows comes from the read API, which accepts the session cookie set here
+(``session.py``, ``auth.require_reader``). No build step and no network fetches: the files
+under ``ui/`` are what the browser runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, Response
+from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
+
+from .auth import TokenTable
+from .session import COOKIE_NAME, SessionSigner
+
+log = logging.getLogger("watcher_backend")
+
+UI_DIR = Path(__file__).parent / "ui"
+MAX_TOKEN_CHARS = 4096
+
+# Everything the UI loads comes from this origin; no inline script or style, no framing.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        "frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    # Revalidate (ETag) so a new release is picked up at once.
+    "Cache-Control": "no-cache",
+}
+
+router = APIRouter(tags=["ui"])
+
+
+class _UiFiles(StaticFiles):
+    async def get_response(self, path: str, scope: Scope) -> Response:
+        response = await super().get_response(path, scope)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+
+def _index() -> FileResponse:
+    return FileResponse(UI_DIR / "index.html", media_type="text/html", headers=SECURITY_HEADERS)
+
+
+@router.get("/", include_in_schema=False)
+def index_root() -> FileResponse:
+    return _index()
+
+
+@router.get("/ui", include_in_schema=False)
+@router.get("/ui/", include_in_schema=False)
+def index_ui() -> FileResponse:
+    return _index()
+
+
+def _same_origin(request: Request) -> bool:
+    """Browsers send Origin on POST; a foreign one is a cross-site login attempt."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True  # not a browser (curl, tests): nothing to forge
+    return origin == f"{request.url.scheme}://{request.url.netloc}"
+
+
+@router.post("/ui/session", status_code=204, response_class=Response)
+def sign_in(
+    request: Request,
+    token: Annotated[str, Body(embed=True, max_length=MAX_TOKEN_CHARS)],
+) -> Response:
+    """Exchange a reader (or admin) token for a session cookie granting reads."""
+    if not _same_origin(request):
+        raise HTTPException(403, "cross-origin sign-in refused")
+    table: TokenTable = request.app.state.tokens
+    roles = table.roles(token)
+    if not roles:
+        raise HTTPException(401, "invalid token")
+    if not roles & {"reader", "admin"}:
+        raise HTTPException(403, "this token may not read (reader or admin token needed)")
+    signer: SessionSigner = request.app.state.sessions
+    response = Response(status_code=204)
+    response.set_cookie(
+        COOKIE_NAME,
+        signer.issue(token),
+        max_age=signer.lifetime_s,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    log.info("ui sign-in")  # never the token, never who
+    return response
+
+
+@router.post("/ui/logout", status_code=204, response_class=Response)
+def sign_out(request: Request) -> Response:
+    """Forget the session cookie (sessions are stateless: the cookie is the session)."""
+    response = Response(status_code=204)
+    response.delete_cookie(
+        COOKIE_NAME, path="/", httponly=True, samesite="strict",
+        secure=request.url.scheme == "https",
+    )  # fmt: skip
+    return response
+
+
+def install(app: FastAPI) -> None:
+    app.include_router(router)
+    app.mount("/ui/assets", _UiFiles(directory=UI_DIR), name="ui-assets")
