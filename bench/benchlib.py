@@ -70,6 +70,7 @@ class Result:
     server_cpu_cores: float | None = None  # CPU the backend itself used (1.0 = a whole core)
     loadavg_before: str = ""
     date: str = ""  # when this benchmark ran (UTC)
+    commit: str = ""  # git HEAD when it ran (the working tree may hold more)
 
 
 def log(msg: str) -> None:
@@ -285,6 +286,7 @@ def run_bench(bench_id: str, title: str, body: Any) -> int:
         command=command,
         loadavg_before=loadavg(),
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        commit=str(machine_info()["commit"]),
     )
     log(f"{bench_id}: {title}")
     t0 = time.monotonic()

@@ -56,7 +56,8 @@ def main() -> int:
         "## Machine and run",
         "",
         f"- report written: {now} (each benchmark's own time is under Details)",
-        f"- command: `make bench` (commit `{info['commit']}`)",
+        f"- command: `make bench` (commit at report time: `{info['commit']}`; each"
+        " benchmark's own commit is under Details)",
         f"- CPU: {info['cpu']}, `nproc` = {info['nproc']}",
         f"- kernel: {info['kernel']}, Python {info['python']}",
         f"- load average at the end: {loadavg()}",
@@ -105,14 +106,16 @@ def main() -> int:
         lines.append("")
         lines.append(
             f"- command: `{r['command']}` ({r.get('date', '')}, {r['wall_s']} s wall,"
-            f" status {r['status']}, load average before: {r['loadavg_before']})"
+            f" status {r['status']}, commit {r.get('commit') or 'not recorded'},"
+            f" load average before: {r['loadavg_before']})"
         )
         if r["error"]:
             lines.append(f"- error: `{r['error']}`")
         if r.get("server_cpu_cores") is not None:
             lines.append(
                 f"- CPU the backend used: ≈{r['server_cpu_cores']} of its one pinned core"
-                " (well below 1.0 means it was starved, not saturated)"
+                " (below 1.0: it waited — for the CPU, the client or I/O — rather than being"
+                " saturated)"
             )
         if r.get("other_cpu_cores") is not None:
             lines.append(
