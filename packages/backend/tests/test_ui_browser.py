@@ -94,7 +94,11 @@ def _seed(base: str) -> None:
     x1 = f.save(HERO, HW, XSS_NAME, t + timedelta(minutes=3), b"int y;\n")
     b3 = f.build(HERO, HW, t + timedelta(minutes=4), [diag(XSS_MSG, 1, 1, file=XSS_NAME)])
     c1 = f.cell(HERO, HW, t + timedelta(minutes=5), 0, ok=False)
-    ev += [s1, b1, s2, b2, r1, x1, b3, c1]
+    # paste-like: +~900 bytes 10 s after the previous save of that file
+    p1 = f.save(HERO, HW, "list.c", t + timedelta(minutes=6), b"struct node;\n")
+    big = b"struct node;\n" + b"void insert(struct node **h, int v) { /* ... */ }\n" * 18
+    p2 = f.save(HERO, HW, "list.c", t + timedelta(minutes=6, seconds=10), big)
+    ev += [s1, b1, s2, b2, r1, x1, b3, c1, p1, p2]
     # a long history: 2,000 saves of one file
     t = START + timedelta(days=2)
     for k in range(2000):
@@ -209,13 +213,20 @@ def test_instructor_walk(server: Server, page: Page) -> None:
     # student: figures, evidence wording, timeline with builds/runs/cells on one axis
     page.get_by_test_id("student-link").click()
     tl = page.get_by_test_id("timeline")
-    expect(tl.locator("tr")).to_have_count(8)
+    expect(tl.locator("tr")).to_have_count(10)
     expect(tl).to_contain_text("SIGSEGV")
     expect(tl).to_contain_text("NameError")
     expect(page.get_by_test_id("evidence")).to_contain_text("판정이 아닙니다")
-    expect(page.get_by_test_id("timeline-axis").locator("rect.mark")).to_have_count(8)
+    expect(page.get_by_test_id("timeline-axis").locator("rect.mark")).to_have_count(10)
+    expect(page.get_by_test_id("evidence")).to_contain_text("붙여넣기 형태 저장")
+    expect(page.get_by_test_id("evidence-pastes")).to_contain_text("list.c")
     expect(page.get_by_test_id("files")).to_contain_text(XSS_NAME)  # shown as text
     shot(page, "04-student")
+
+    # the evidence links to the diff that shows it
+    page.get_by_test_id("evidence-pastes").locator("a").click()
+    expect(page.get_by_test_id("diff").locator("tr.add")).to_have_count(18)
+    page.go_back()
 
     # a failed build → the exact code it compiled, diagnostic line highlighted
     page.get_by_test_id("build-link").first.click()

@@ -4,6 +4,7 @@ import { getJSON, paths, url } from '../api.js';
 import { h, route, withQuery } from '../dom.js';
 import { t } from '../i18n.js';
 import { duration, fixed, kst, num, pct } from '../format.js';
+import { heatmap } from '../heatmap.js';
 
 const PAGE = 50;
 const FLAGS = ['paste_like', 'first_save_near_final', 'low_activity', 'stuck'];
@@ -47,7 +48,8 @@ export async function render(ctx) {
   };
 
   const tableBox = h('div', { class: 'table-box' }, h('p', { class: 'muted' }, t('app.loading')));
-  const errorsBox = h('div', {}, h('p', { class: 'muted' }, t('app.loading')));
+  const errorsBox = h('div', { class: 'two-col' }, h('p', { class: 'muted' }, t('app.loading')));
+  const heatBox = h('section', {}, h('h2', {}, t('class.heatmap')));
   const statsLine = h('p', { class: 'muted', 'data-testid': 'class-stats' });
 
   const search = h('input', { type: 'search', value: state.search, placeholder: t('asg.search'), 'aria-label': t('asg.search'), 'data-testid': 'search' });
@@ -81,7 +83,8 @@ export async function render(ctx) {
         select(state.flag, [['', t('asg.anyFlag')], ...FLAGS.map((f) => [f, t(`flag.${f}`)])], (v) => go({ flag: v, page: 0 }), t('asg.flag')),
         select(state.started, [['', t('asg.all')], ['true', t('asg.startedYes')], ['false', t('asg.startedNo')]], (v) => go({ started: v, page: 0 }), t('asg.started'))),
       tableBox),
-    h('section', { class: 'two-col' }, errorsBox),
+    h('section', {}, errorsBox),
+    heatBox,
   );
 
   if (refocusSearch) {
@@ -94,11 +97,13 @@ export async function render(ctx) {
     started: state.started, offset: state.page * PAGE, limit: PAGE,
   }));
   const errorsP = getJSON(url(paths.errors(c, hw), { limit: 10 }));
+  const heatP = getJSON(url(paths.heatmap(c), { assignment: hw }));
   const summary = await summaryP;
   if (!ctx.alive()) return;
   statsLine.textContent = t('asg.stats', { started: summary.stats.started, students: summary.stats.students, median: duration(summary.stats.median_time_on_task_s) });
   tableBox.replaceChildren(studentTable(summary, state, go, c, hw));
   renderErrors(errorsBox, await errorsP, c, hw);
+  heatBox.append(heatmap(await heatP));
 }
 
 function studentTable(summary, state, go, c, hw) {

@@ -27,7 +27,7 @@ export async function render(ctx) {
   ]);
   if (!ctx.alive()) return;
   const f = analytics.figures;
-  const replay = (path, v) => withQuery(route('c', c, hw, sid, 'replay'), { path, v });
+  const replay = (path, v, mode) => withQuery(route('c', c, hw, sid, 'replay'), { path, v, mode });
 
   const timeline = new Timeline(c, hw, sid, replay);
   el.replaceChildren(
@@ -85,7 +85,8 @@ function evidence(a, replay) {
   if (a.paste_like.length) {
     parts.push(h('h3', {}, t('student.pastes')), h('ul', { class: 'evidence-list', 'data-testid': 'evidence-pastes' },
       a.paste_like.map((p) => h('li', {},
-        h('a', { href: replay(p.path, p.snapshot_id) }, kst(p.ts, 'short')), ' ',
+        // the diff with the save before it is the evidence itself
+        h('a', { href: replay(p.path, p.snapshot_id, 'unified') }, kst(p.ts, 'short')), ' ',
         t('student.pasteRow', { path: p.path, bytes: num(p.added_bytes), seconds: fixed(p.seconds, 0) })))));
   }
   if (a.files.length) {
