@@ -303,5 +303,6 @@ def test_instructor_walk(server: Server, page: Page) -> None:
     assert status == 401
 
     print("UI timings (s):", {k: round(v, 3) for k, v in timings.items()})
-    assert timings["timeline (2,000 saves)"] < 3.0
-    assert timings["diff (version 6 → 2000)"] < 1.5
+    # loose guards against a page that loads everything (bench/ui_pages.py has the numbers)
+    assert timings["timeline (2,000 saves)"] < 5.0
+    assert timings["diff (version 6 → 2000)"] < 5.0

@@ -7,6 +7,7 @@ cookie itself: its attributes, what it contains, expiry, forgery, revocation wit
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from starlette.testclient import TestClient
 from watcher_backend.app import create_app
 from watcher_backend.config import Settings
 from watcher_backend.session import COOKIE_NAME, SessionSigner
+from watcher_backend.ui import assets_prefix
 
 # The tokens conftest configures (the fixtures hand them out as headers).
 READER_TOKEN = "test-reader-token-0123456789"
@@ -32,17 +34,26 @@ def test_tokens_match_conftest(reader_headers: dict[str, str], agent_headers: di
 
 @sqlite_only
 def test_shell_is_served_without_a_token_with_a_strict_csp(client: TestClient) -> None:
+    prefix = assets_prefix()
+    assert re.fullmatch(r"/ui/assets/[0-9a-f]{12}", prefix)
     for path in ("/", "/ui/"):
         r = client.get(path)
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
-        assert '<script type="module" src="/ui/assets/js/main.js">' in r.text
+        assert f'<script type="module" src="{prefix}/js/main.js">' in r.text
+        assert '"/ui/assets/js' not in r.text  # every asset URL carries the version
         csp = r.headers["content-security-policy"]
         assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
-    js = client.get("/ui/assets/js/main.js")
+        assert r.headers["cache-control"] == "no-cache"
+    js = client.get(f"{prefix}/js/main.js")
     assert js.status_code == 200 and "javascript" in js.headers["content-type"]
     assert js.headers["x-content-type-options"] == "nosniff"
-    assert client.get("/ui/assets/style.css").status_code == 200
-    assert client.get("/ui/assets/../app.py").status_code == 404
+    assert "immutable" in js.headers["cache-control"]
+    assert client.get(f"{prefix}/style.css").status_code == 200
+    missing = client.get(f"{prefix}/nope.js")
+    assert missing.status_code == 404
+    assert "immutable" not in missing.headers.get("cache-control", "")
+    assert client.get("/ui/assets/js/main.js").status_code == 404  # unversioned: not served
+    assert client.get(f"{prefix}/../ui.py").status_code == 404
 
 
 @sqlite_only

@@ -8,12 +8,14 @@ under ``ui/`` are what the browser runs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from functools import cache
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
@@ -26,7 +28,7 @@ UI_DIR = Path(__file__).parent / "ui"
 MAX_TOKEN_CHARS = 4096
 
 # Everything the UI loads comes from this origin; no inline script or style, no framing.
-SECURITY_HEADERS = {
+_SECURITY_HEADERS = {
     "Content-Security-Policy": (
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
@@ -35,9 +37,11 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
-    # Revalidate (ETag) so a new release is picked up at once.
-    "Cache-Control": "no-cache",
 }
+# The page itself is revalidated on every visit; the assets it names live under a path that
+# changes with their content, so the browser may keep them forever (no request per module).
+PAGE_HEADERS = {**_SECURITY_HEADERS, "Cache-Control": "no-cache"}
+ASSET_HEADERS = {**_SECURITY_HEADERS, "Cache-Control": "public, max-age=31536000, immutable"}
 
 router = APIRouter(tags=["ui"])
 
@@ -45,22 +49,42 @@ router = APIRouter(tags=["ui"])
 class _UiFiles(StaticFiles):
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
-        response.headers.update(SECURITY_HEADERS)
+        response.headers.update(ASSET_HEADERS if response.status_code == 200 else PAGE_HEADERS)
         return response
 
 
-def _index() -> FileResponse:
-    return FileResponse(UI_DIR / "index.html", media_type="text/html", headers=SECURITY_HEADERS)
+@cache
+def asset_version() -> str:
+    """A digest of every file under ui/: it changes whenever any of them does."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in UI_DIR.rglob("*") if p.is_file()):
+        h.update(f.relative_to(UI_DIR).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def assets_prefix() -> str:
+    return f"/ui/assets/{asset_version()}"
+
+
+@cache
+def _index_html() -> bytes:
+    # The template names assets under /ui/assets/; point them at this version's path.
+    html = (UI_DIR / "index.html").read_text(encoding="utf-8")
+    return html.replace("/ui/assets/", assets_prefix() + "/").encode()
+
+
+def _index() -> Response:
+    return Response(_index_html(), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
 
 @router.get("/", include_in_schema=False)
-def index_root() -> FileResponse:
+def index_root() -> Response:
     return _index()
 
 
 @router.get("/ui", include_in_schema=False)
 @router.get("/ui/", include_in_schema=False)
-def index_ui() -> FileResponse:
+def index_ui() -> Response:
     return _index()
 
 
@@ -114,4 +138,4 @@ def sign_out(request: Request) -> Response:
 
 def install(app: FastAPI) -> None:
     app.include_router(router)
-    app.mount("/ui/assets", _UiFiles(directory=UI_DIR), name="ui-assets")
+    app.mount(assets_prefix(), _UiFiles(directory=UI_DIR), name="ui-assets")

@@ -103,6 +103,7 @@ logoutBtn.addEventListener('click', async () => {
   await signOut();
   navigate('#/login');
 });
+// popstate fires for links to another #hash and for back/forward; hashchange would fire
+// as well for the same navigation and fetch everything twice.
 window.addEventListener('popstate', render);
-window.addEventListener('hashchange', render);
 render();

@@ -94,7 +94,10 @@ export async function render(ctx) {
       if (!(err instanceof ApiError)) throw err;
       node = h('p', { class: 'empty' }, err.status === 422 || err.status === 404 ? t('replay.noContent') : err.message);
     }
-    if (my === seq && ctx.alive()) view.replaceChildren(node);
+    if (my === seq && ctx.alive()) {
+      view.replaceChildren(node);
+      view.dataset.shown = state.mode === 'code' ? `${state.i}` : `${aIndex}>${state.i}`; // for tests and bench
+    }
   }
   function set(patch) {
     Object.assign(state, patch);

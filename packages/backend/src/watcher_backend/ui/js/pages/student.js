@@ -19,46 +19,52 @@ export async function render(ctx) {
   const kinds = (query.get('kinds') || '').split(',').filter((k) => KINDS.includes(k));
   const wanted = kinds.length ? kinds : KINDS;
 
-  el.append(h('p', { class: 'muted' }, t('app.loading')));
-  const [analytics, files, first] = await Promise.all([
-    getJSON(`${base}/analytics`),
-    getJSON(`${base}/files`),
-    getJSON(url(`${base}/timeline`, { limit: PAGE, kinds: kinds.join(',') })),
-  ]);
-  if (!ctx.alive()) return;
-  const f = analytics.figures;
+  // Each part is drawn when its own request answers: the timeline does not wait for the
+  // class-wide analytics (the slowest call).
+  const loading = () => h('p', { class: 'muted' }, t('app.loading'));
+  const figuresBox = h('section', { class: 'figures', 'data-testid': 'figures' }, loading());
+  const filesBox = h('section', {}, h('h2', {}, t('student.files')), loading());
+  const evidenceBox = h('section', { class: 'evidence' }, h('h2', {}, t('student.evidence')), loading());
   const replay = (path, v, mode) => withQuery(route('c', c, hw, sid, 'replay'), { path, v, mode });
-
   const timeline = new Timeline(c, hw, sid, replay);
-  el.replaceChildren(
+  el.append(
     h('h1', {}, t('student.title', { sid, hw })),
-    h('section', { class: 'figures', 'data-testid': 'figures' },
-      figure(t('col.saves'), num(f.saves)),
-      figure(t('col.builds'), `${num(f.builds)} (${pct(f.build_success_rate)})`),
-      figure(t('col.runs'), num(f.runs)),
-      figure(t('col.crashes'), num(f.crashes)),
-      figure(t('kind.cell'), num(f.cells)),
-      figure(t('col.timeOnTask'), duration(f.time_on_task_s)),
-      figure(t('col.eq'), fixed(f.error_quotient)),
-      figure(t('col.red'), fixed(f.repeated_error_density)),
-      figure(t('col.lastActivity'), kst(f.last_activity, 'short'))),
-    h('div', { class: 'two-col' },
-      h('section', {},
-        h('h2', {}, t('student.files')),
-        h('ul', { class: 'files', 'data-testid': 'files' }, files.map((fi) => h('li', {},
-          h('a', { href: replay(fi.path), 'data-testid': 'file-link' }, fi.path),
-          ' ', h('span', { class: 'muted' }, t('student.versions', { n: fi.versions }), ' · ', bytes(fi.last_size)),
-          fi.deleted ? h('span', { class: 'chip' }, t('student.deleted')) : null)))),
-      evidence(analytics, replay)),
+    figuresBox,
+    h('div', { class: 'two-col' }, filesBox, evidenceBox),
     h('section', {},
       h('h2', {}, t('student.timeline')),
       kindFilter(wanted, (next) => ctx.navigate(withQuery(route('c', c, hw, sid), { kinds: next.length === KINDS.length ? '' : next.join(',') }), { replace: true })),
       timeline.el),
   );
-  timeline.add(first);
   timeline.onMore = async (cursor) => {
     timeline.add(await getJSON(url(`${base}/timeline`, { limit: PAGE, cursor, kinds: kinds.join(',') })));
   };
+  const parts = [
+    getJSON(url(`${base}/timeline`, { limit: PAGE, kinds: kinds.join(',') })).then((first) => ctx.alive() && timeline.add(first)),
+    getJSON(`${base}/files`).then((files) => ctx.alive() && filesBox.replaceChildren(
+      h('h2', {}, t('student.files')),
+      h('ul', { class: 'files', 'data-testid': 'files' }, files.map((fi) => h('li', {},
+        h('a', { href: replay(fi.path), 'data-testid': 'file-link' }, fi.path),
+        ' ', h('span', { class: 'muted' }, t('student.versions', { n: fi.versions }), ' · ', bytes(fi.last_size)),
+        fi.deleted ? h('span', { class: 'chip' }, t('student.deleted')) : null))))),
+    getJSON(`${base}/analytics`).then((analytics) => {
+      if (!ctx.alive()) return;
+      const f = analytics.figures;
+      figuresBox.replaceChildren(
+        figure(t('col.saves'), num(f.saves)),
+        figure(t('col.builds'), `${num(f.builds)} (${pct(f.build_success_rate)})`),
+        figure(t('col.runs'), num(f.runs)),
+        figure(t('col.crashes'), num(f.crashes)),
+        figure(t('kind.cell'), num(f.cells)),
+        figure(t('col.timeOnTask'), duration(f.time_on_task_s)),
+        figure(t('col.eq'), fixed(f.error_quotient)),
+        figure(t('col.red'), fixed(f.repeated_error_density)),
+        figure(t('col.lastActivity'), kst(f.last_activity, 'short')));
+      evidenceBox.replaceWith(evidence(analytics, replay));
+    }),
+  ];
+  // the router shows the first failure (e.g. an expired session)
+  await Promise.all(parts);
 }
 
 function figure(label, value) {
