@@ -15,10 +15,10 @@ help: ## show the targets
 deps: ## install uv, the Debian packages and the Python workspace (idempotent)
 	@bash scripts/install-deps.sh
 
-run: ## start the backend locally (SQLite, port 3000 or $$PORT) in the background; safe to repeat
+run: ## start backend (SQLite, :3000) + filemon on a demo tree + procmon (as root) in the background; safe to repeat
 	@bash scripts/run-local.sh
 
-stop: ## stop what `make run` started
+stop: ## stop what `make run` started (procmon, filemon, backend)
 	@bash scripts/stop-local.sh
 
 test: ## install deps, lint, run all tests (fails if none ran); PYTEST_ARGS="..." passes args

@@ -8,8 +8,14 @@
 #   .run/pids/<svc>.pid      each service's pid (also its process-group id), for `make stop`
 #   .run/demo-workspace/     a small demo workspace tree (<subject>-<division>-<id>/<hw>/...)
 #
+#   .run/filemon/            filemon's SNAPSHOT_BASE (outbox + local state)
+#   .run/procmon/            procmon's STATE_DIR (outbox)
+#
+# Services: backend (PORT, 3000), filemon (WATCH_ROOT = the demo tree, metrics on
+# FILEMON_METRICS_PORT, 9090 or the next free port), procmon (metrics on
+# PROCMON_METRICS_PORT, 9091 or the next free port; only as root on a kernel with BTF —
+# otherwise a message says why and the rest still runs; PROCMON=0 skips it).
 # Safe to run twice: a service that is already running and healthy is left alone.
-# One function per service; later issues add start_filemon / start_procmon.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,6 +28,8 @@ DATA_DIR="$RUN_DIR/data"
 TOKENS_FILE="$RUN_DIR/tokens.env"
 DEMO_DIR="$RUN_DIR/demo-workspace"
 PORT="${PORT:-3000}"
+FILEMON_METRICS_PORT="${FILEMON_METRICS_PORT:-9090}"
+PROCMON_METRICS_PORT="${PROCMON_METRICS_PORT:-9091}"
 HEALTH_TIMEOUT="${HEALTH_TIMEOUT:-60}"
 
 log() { printf '[run] %s\n' "$*"; }
@@ -51,7 +59,7 @@ describe_port_owner() {
 
 # ---- one-time setup --------------------------------------------------------------------
 
-ensure_dirs() { mkdir -p "$LOG_DIR" "$PID_DIR" "$DATA_DIR"; }
+ensure_dirs() { mkdir -p "$LOG_DIR" "$PID_DIR" "$DATA_DIR" "$RUN_DIR/filemon" "$RUN_DIR/procmon"; }
 
 ensure_tokens() {
   if [[ -f "$TOKENS_FILE" ]]; then
@@ -167,6 +175,132 @@ start_backend() {
   BACKEND_PORT="$PORT"
 }
 
+# first_free_port START [EXCLUDE]: START, or the next port that nothing listens on.
+first_free_port() {
+  local port="$1" exclude="${2:-}" tries=0
+  while port_open "$port" || [[ "$port" == "$exclude" ]]; do
+    port=$((port + 1))
+    tries=$((tries + 1))
+    ((tries < 100)) || die "no free port in $1..$port"
+  done
+  echo "$port"
+}
+
+# agent_running SVC: 0 (and sets AGENT_PORT) if `make run` already started SVC and its
+# /health answers; dies if the process lives but does not answer.
+agent_running() {
+  local svc="$1" pid port
+  pid="$(read_pid "$svc")"
+  pid_alive "$pid" || { rm -f "$PID_DIR/$svc.pid" "$PID_DIR/$svc.port"; return 1; }
+  port="$(cat "$PID_DIR/$svc.port" 2>/dev/null || true)"
+  if [[ -n "$port" ]] && wait_healthy "$pid" "$port" 10; then
+    log "$svc already running (pid $pid, metrics port $port) — leaving it as it is"
+    AGENT_PORT="$port"
+    return 0
+  fi
+  die "$svc process $pid is alive but its /health does not answer; see .run/logs/$svc.log, or run 'make stop' and 'make run' again"
+}
+
+# launch_agent SVC PORT EXE [ARGS...]: start an agent in its own process group with the
+# environment already exported by the caller; wait for its /health.
+launch_agent() {
+  local svc="$1" port="$2" pid
+  shift 2
+  printf '\n===== %s make run: starting %s (metrics port %s) =====\n' \
+    "$(date -u +%FT%TZ)" "$svc" "$port" >>"$LOG_DIR/$svc.log"
+  setsid "$@" </dev/null >>"$LOG_DIR/$svc.log" 2>&1 &
+  pid=$!
+  echo "$pid" >"$PID_DIR/$svc.pid"
+  echo "$port" >"$PID_DIR/$svc.port"
+  if ! wait_healthy "$pid" "$port" "$HEALTH_TIMEOUT"; then
+    log "last lines of .run/logs/$svc.log:"
+    tail -n 30 "$LOG_DIR/$svc.log" | sed 's/^/[run]     /'
+    rm -f "$PID_DIR/$svc.pid" "$PID_DIR/$svc.port"
+    if pid_alive "$pid"; then
+      kill -TERM -- "-$pid" 2>/dev/null || true
+      log "WARNING: $svc did not answer GET /health within ${HEALTH_TIMEOUT}s (stopped it again)"
+    else
+      log "WARNING: $svc exited during startup (log above)"
+    fi
+    return 1
+  fi
+  log "$svc is up (pid $pid, metrics http://localhost:$port/metrics)"
+  AGENT_PORT="$port"
+}
+
+# start_filemon: the file agent watching the demo tree, sending to the local backend.
+start_filemon() {
+  local svc=filemon port
+  FILEMON_URL=""
+  if agent_running "$svc"; then
+    FILEMON_URL="http://localhost:$AGENT_PORT"
+    FILEMON_PORT_USED="$AGENT_PORT"
+    return
+  fi
+  local exe="$ROOT/.venv/bin/watcher-filemon"
+  [[ -x "$exe" ]] || die "$exe not found — is the filemon package installed? (bash scripts/install-deps.sh)"
+  port="$(first_free_port "$FILEMON_METRICS_PORT")"
+  [[ "$port" == "$FILEMON_METRICS_PORT" ]] ||
+    log "port $FILEMON_METRICS_PORT is taken — filemon's metrics go to port $port instead"
+  log "starting filemon on ${DEMO_DIR#"$ROOT"/} (log: .run/logs/$svc.log)"
+  if WATCH_ROOT="$DEMO_DIR" SNAPSHOT_BASE="$RUN_DIR/filemon" METRICS_PORT="$port" \
+    API_SERVER="http://127.0.0.1:$BACKEND_PORT" NODE_NAME="${NODE_NAME:-local}" \
+    LOG_LEVEL="${LOG_LEVEL:-INFO}" launch_agent "$svc" "$port" "$exe"; then
+    FILEMON_URL="http://localhost:$AGENT_PORT"
+    FILEMON_PORT_USED="$AGENT_PORT"
+  else
+    die "filemon could not start (see .run/logs/$svc.log); the backend keeps running ('make stop' stops it)"
+  fi
+}
+
+# start_procmon: the exec agent, only as root with BTF (it loads eBPF programs). The demo
+# tree is one more container root, so a compile run there under a `jcode-…` hostname
+# (unshare --uts, no bind mount) is attributed to its student and assignment.
+start_procmon() {
+  local svc=procmon port
+  PROCMON_URL=""
+  PROCMON_NOTE=""
+  if [[ "${PROCMON:-1}" == "0" ]]; then
+    PROCMON_NOTE="not started (PROCMON=0)"
+    return
+  fi
+  if agent_running "$svc"; then
+    PROCMON_URL="http://localhost:$AGENT_PORT"
+    return
+  fi
+  if [[ "$(id -u)" != "0" ]]; then
+    PROCMON_NOTE="not started: it loads eBPF programs and needs root (or CAP_BPF + CAP_PERFMON + CAP_SYS_PTRACE); run 'sudo make run' to include it"
+    log "procmon: $PROCMON_NOTE"
+    return
+  fi
+  if [[ ! -r /sys/kernel/btf/vmlinux ]]; then
+    PROCMON_NOTE="not started: this kernel has no BTF (/sys/kernel/btf/vmlinux); procmon needs a BTF kernel (CONFIG_DEBUG_INFO_BTF=y)"
+    log "procmon: $PROCMON_NOTE"
+    return
+  fi
+  local exe="$ROOT/.venv/bin/watcher-procmon"
+  [[ -x "$exe" ]] || die "$exe not found — is the procmon package installed? (bash scripts/install-deps.sh)"
+  log "building the eBPF object (make -C packages/procmon bpf)"
+  if ! make -s -C "$ROOT/packages/procmon" bpf >>"$LOG_DIR/$svc.log" 2>&1; then
+    PROCMON_NOTE="not started: 'make -C packages/procmon bpf' failed (needs clang, libbpf-dev, bpftool; see .run/logs/$svc.log)"
+    log "procmon: $PROCMON_NOTE"
+    return
+  fi
+  port="$(first_free_port "$PROCMON_METRICS_PORT" "${FILEMON_PORT_USED:-}")"
+  [[ "$port" == "$PROCMON_METRICS_PORT" ]] ||
+    log "port $PROCMON_METRICS_PORT is taken — procmon's metrics go to port $port instead"
+  log "starting procmon (log: .run/logs/$svc.log)"
+  if STATE_DIR="$RUN_DIR/procmon" METRICS_PORT="$port" \
+    API_SERVER="http://127.0.0.1:$BACKEND_PORT" NODE_NAME="${NODE_NAME:-local}" \
+    WATCHER_PROCMON_BPF_OBJ="$ROOT/packages/procmon/build/procmon.bpf.o" \
+    WATCHER_CONTAINER_ROOTS="/home/coder/project,/workspace/{workspace},$DEMO_DIR/{workspace}" \
+    LOG_LEVEL="${LOG_LEVEL:-INFO}" launch_agent "$svc" "$port" "$exe"; then
+    PROCMON_URL="http://localhost:$AGENT_PORT"
+  else
+    PROCMON_NOTE="failed to start (see .run/logs/$svc.log); backend and filemon keep running"
+  fi
+}
+
 # wait_healthy PID PORT TIMEOUT: poll /health until 200 (0), the process dies or timeout (1).
 wait_healthy() {
   local pid="$1" port="$2" timeout="$3" waited=0
@@ -199,8 +333,21 @@ print_summary() {
   echo "  Tokens:     $TOKENS_FILE (mode 600; reused on every run)"
   echo "    reader:   $WATCHER_READER_TOKEN"
   echo "    admin:    $WATCHER_ADMIN_TOKEN"
-  echo "  Try:        curl -H \"Authorization: Bearer \$WATCHER_READER_TOKEN\" $base/api/os-1/hw1/202012345"
+  echo "  filemon:    watching $DEMO_DIR/"
+  echo "              metrics $FILEMON_URL/metrics   health $FILEMON_URL/health"
+  if [[ -n "$PROCMON_URL" ]]; then
+    echo "  procmon:    tracing processes in containers whose hostname starts with 'jcode-'"
+    echo "              metrics $PROCMON_URL/metrics   health $PROCMON_URL/health"
+  else
+    echo "  procmon:    $PROCMON_NOTE"
+  fi
+  echo "  Try:        edit $DEMO_DIR/os-1-202012345/hw1/hello.c, save, and open $base/ (sign in with the reader token)"
+  echo "              curl -H \"Authorization: Bearer \$WATCHER_READER_TOKEN\" $base/api/os-1/hw1/202012345"
   echo "              (after: set -a; . $TOKENS_FILE; set +a)"
+  if [[ -n "$PROCMON_URL" ]]; then
+    echo "              a compile in a pretend student container (as root), then see it under Builds:"
+    echo "              cd $DEMO_DIR/os-1-202012345/hw1 && unshare --uts --fork sh -c 'hostname jcode-os-1-202012345-demo-x; gcc -Wall -o hello hello.c && ./hello'"
+  fi
   echo "  Stop:       make stop"
 }
 
@@ -212,8 +359,15 @@ main() {
   load_tokens
   ensure_demo_workspace
   start_backend
+  start_filemon
+  start_procmon
   print_summary
 }
 
 BACKEND_PORT="$PORT"
+FILEMON_URL=""
+FILEMON_PORT_USED=""
+PROCMON_URL=""
+PROCMON_NOTE=""
+AGENT_PORT=""
 main "$@"
