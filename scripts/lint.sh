@@ -7,8 +7,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export UV_PYTHON_DOWNLOADS="${UV_PYTHON_DOWNLOADS:-never}"
 
-# Packages whose src/ is type-checked; later issues append filemon, procmon, ...
-MYPY_PATHS=(packages/common/src packages/backend/src)
+# Every typed package's src/ is type-checked.
+MYPY_PATHS=(packages/common/src packages/backend/src packages/filemon/src packages/procmon/src packages/ipynb/src)
 
 failed=()
 run() {
