@@ -81,6 +81,11 @@ def test_secure_cookie_over_https(app: object) -> None:
     with TestClient(app, base_url="https://testserver") as c:  # type: ignore[arg-type]
         r = c.post("/ui/session", json={"token": READER_TOKEN})
         assert r.status_code == 204 and "secure" in r.headers["set-cookie"].lower()
+    with TestClient(app) as c:  # type: ignore[arg-type]
+        # behind a TLS-terminating ingress: plain http inside, the browser's origin is https
+        headers = {"X-Forwarded-Proto": "https", "Origin": "https://testserver"}
+        r = c.post("/ui/session", json={"token": READER_TOKEN}, headers=headers)
+        assert r.status_code == 204 and "secure" in r.headers["set-cookie"].lower()
 
 
 @sqlite_only
@@ -96,6 +101,9 @@ def test_wrong_tokens_are_refused(client: TestClient) -> None:
         "/ui/session", json={"token": READER_TOKEN}, headers={"Origin": "https://evil.example"}
     )
     assert r.status_code == 403
+    for origin in ("null", "http://testserver.evil.example", "http://evil.example/testserver"):
+        r = client.post("/ui/session", json={"token": READER_TOKEN}, headers={"Origin": origin})
+        assert r.status_code == 403, origin
     r = client.post(
         "/ui/session", json={"token": READER_TOKEN}, headers={"Origin": "http://testserver"}
     )

@@ -13,6 +13,7 @@ import logging
 from functools import cache
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, FastAPI, HTTPException, Request
 from fastapi.responses import Response
@@ -89,11 +90,21 @@ def index_ui() -> Response:
 
 
 def _same_origin(request: Request) -> bool:
-    """Browsers send Origin on POST; a foreign one is a cross-site login attempt."""
+    """Browsers send Origin on POST; a foreign one is a cross-site login attempt. Hosts are
+    compared, not schemes: behind a TLS-terminating ingress the backend sees plain http."""
     origin = request.headers.get("origin")
     if origin is None:
         return True  # not a browser (curl, tests): nothing to forge
-    return origin == f"{request.url.scheme}://{request.url.netloc}"
+    host = urlsplit(origin).netloc
+    return bool(host) and host in (
+        request.headers.get("host"),
+        request.headers.get("x-forwarded-host"),
+    )
+
+
+def _https(request: Request) -> bool:
+    # Trusting X-Forwarded-Proto here is harmless: it can only make the cookie stricter.
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
 
 
 @router.post("/ui/session", status_code=204, response_class=Response)
@@ -119,7 +130,7 @@ def sign_in(
         path="/",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=_https(request),
     )
     log.info("ui sign-in")  # never the token, never who
     return response
@@ -131,7 +142,7 @@ def sign_out(request: Request) -> Response:
     response = Response(status_code=204)
     response.delete_cookie(
         COOKIE_NAME, path="/", httponly=True, samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=_https(request),
     )  # fmt: skip
     return response
 
