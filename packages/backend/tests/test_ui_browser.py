@@ -301,6 +301,13 @@ def test_instructor_walk(server: Server, page: Page) -> None:
     expect(page.get_by_test_id("token")).to_be_visible()
     status = page.evaluate("fetch('/api/v1/classes').then(r => r.status)")
     assert status == 401
+    # signing in again goes back to the page that asked for it
+    expired = "세션이 만료되었습니다. 다시 로그인하세요."
+    expect(page.get_by_test_id("login-error")).to_have_text(expired)
+    page.get_by_test_id("token").fill(READER)
+    page.get_by_test_id("login-submit").click()
+    expect(page.get_by_test_id("heatmap")).to_be_visible()
+    assert page.url.endswith(f"#/c/{CLASS}")
 
     print("UI timings (s):", {k: round(v, 3) for k, v in timings.items()})
     # loose guards against a page that loads everything (bench/ui_pages.py has the numbers)

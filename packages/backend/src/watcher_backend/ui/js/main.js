@@ -26,6 +26,7 @@ const langBtn = document.getElementById('lang');
 const logoutBtn = document.getElementById('logout');
 let generation = 0;
 let notice = null; // shown once on the login page (e.g. "session expired")
+let returnTo = null; // where a signed-out visitor was going: back there after sign-in
 
 function parseHash() {
   const raw = location.hash.replace(/^#\/?/, '');
@@ -73,8 +74,10 @@ async function render() {
     el, params, query, setCrumbs, navigate,
     alive: () => gen === generation,
     notice: isLogin ? notice : null,
+    next: returnTo || '#/',
   };
   notice = null;
+  if (isLogin) returnTo = null;
   setCrumbs([]);
   try {
     await page.render(ctx);
@@ -82,6 +85,7 @@ async function render() {
     if (gen !== generation) return;
     if (err instanceof AuthError) {
       notice = path === '' ? null : t('auth.expired');
+      returnTo = path === '' ? null : location.hash;
       navigate('#/login', { replace: true });
       return;
     }
@@ -101,6 +105,7 @@ langBtn.addEventListener('click', () => {
 });
 logoutBtn.addEventListener('click', async () => {
   await signOut();
+  returnTo = null;
   navigate('#/login');
 });
 // popstate fires for links to another #hash and for back/forward; hashchange would fire

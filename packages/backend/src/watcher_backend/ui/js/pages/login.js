@@ -2,7 +2,7 @@ import { signIn } from '../api.js';
 import { h } from '../dom.js';
 import { t } from '../i18n.js';
 
-export async function render({ el, navigate, notice }) {
+export async function render({ el, navigate, notice, next }) {
   const msg = h('p', { class: 'form-error', role: 'alert', 'data-testid': 'login-error' }, notice || '');
   msg.hidden = !notice;
   const input = h('input', {
@@ -18,7 +18,7 @@ export async function render({ el, navigate, notice }) {
       const status = await signIn(input.value.trim());
       if (status === 204) {
         input.value = '';
-        navigate('#/', { replace: true });
+        navigate(next, { replace: true });
         return;
       }
       msg.textContent = status === 401 ? t('auth.invalid') : status === 403 ? t('auth.forbidden') : t('auth.failed', { status });
