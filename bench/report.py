@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 from benchlib import OUT_DIR, ROOT, fmt, loadavg, machine_info
 
-ORDER = ["a", "b", "c", "d"]
+ORDER = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]
 
 
 def cell(m: dict[str, object]) -> str:

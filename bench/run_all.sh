@@ -14,8 +14,15 @@ declare -A SCRIPTS=(
   [b]=bench/ingest_batch.py
   [c]=bench/assignment_aggregate.py
   [d]=bench/metrics_cardinality.py
+  [e]=bench/ui_pages.py
+  [f]=bench/filemon_latency.py
+  [g]=bench/filemon_sustained.py
+  [h]=bench/filemon_scale.py
+  [i]=bench/procmon_rate.py
+  [j]=bench/procmon_overhead.py
 )
-read -r -a selected <<<"${BENCHES:-a b c d}"
+# i and j load eBPF programs: root only (recorded as failed otherwise, the rest goes on).
+read -r -a selected <<<"${BENCHES:-a b c d e f g h i j}"
 
 # Results of benchmarks not selected this time stay and are reported with their own date.
 mkdir -p "$BENCH_OUT"
@@ -23,7 +30,7 @@ for id in "${selected[@]}"; do rm -f "$BENCH_OUT/$id.json"; done
 failed=()
 for id in "${selected[@]}"; do
   script="${SCRIPTS[$id]:-}"
-  [[ -n "$script" ]] || { echo "[bench] unknown benchmark '$id' (a b c d)"; exit 2; }
+  [[ -n "$script" ]] || { echo "[bench] unknown benchmark '$id' (${!SCRIPTS[*]})"; exit 2; }
   echo "[bench] ---- $id: uv run python $script"
   uv run --no-sync python "$script" || failed+=("$id")
 done

@@ -1,0 +1,263 @@
+"""Benchmark e: the instructor UI in a real browser (Playwright + Debian's Chromium).
+
+Loads STUDENTS students (default 300) x SAVES saves (default 2,000) of one assignment,
+with a gcc build after every 10th save (every 3rd one failing), through the batched ingest
+API; then, signed in as a reader, times in the browser from navigation to a usable page:
+
+* the class dashboard (assignment page: the 300-student table's first page, stats, errors);
+* one student's timeline (first page of 200 events out of ~2,200);
+* any-to-any diffs in code replay (random version pairs, never the same pair twice).
+
+Targets (issue 6): timeline < 1 s, diff < 300 ms, dashboard < 2 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+from benchlib import CLIENT_CPU, Backend, CpuMeter, Metric, Result, log, run_bench, target_check
+
+STUDENTS = int(os.environ.get("BENCH_UI_STUDENTS", "300"))
+SAVES = int(os.environ.get("BENCH_UI_SAVES", "2000"))
+DIFFS = int(os.environ.get("BENCH_UI_DIFFS", "20"))
+ROUNDS = int(os.environ.get("BENCH_UI_ROUNDS", "5"))
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+T0 = datetime(2026, 3, 2, tzinfo=UTC)
+BATCH = 1000
+LINE = "    total += values[i] * weight;  /* step */\n"
+
+
+def student_id(s: int) -> str:
+    return f"2026{s:05d}"
+
+
+def events() -> Iterator[bytes]:
+    """Ingest request bodies, made as they are sent (all at once would be gigabytes)."""
+    out: list[bytes] = []
+    batch: list[dict[str, object]] = []
+    n = 0
+
+    def add(ev: dict[str, object]) -> None:
+        nonlocal n, batch
+        n += 1
+        ev.update(event_id=f"ui-{n:09d}", agent="bench", agent_version="0", class_div="os-1",
+                  assignment="hw1")  # fmt: skip
+        batch.append(ev)
+        if len(batch) == BATCH:
+            out.append(json.dumps({"events": batch}).encode())
+            batch = []
+
+    for s in range(STUDENTS):
+        sid = student_id(s)
+        t = T0 + timedelta(minutes=s)
+        for k in range(SAVES):
+            t += timedelta(seconds=30 + (k * 7 + s) % 90)
+            content = ("int main(void) {\n" + LINE * (5 + (k * 13 + s) % 60) + "}\n").encode()
+            ts = t.isoformat()
+            add({"kind": "file.snapshot", "ts": ts, "student_id": sid, "path": "main.c",
+                 "size": len(content), "sha256": hashlib.sha256(content).hexdigest(),
+                 "content_b64": base64.b64encode(content).decode()})  # fmt: skip
+            if k % 10 == 9:
+                failing = k % 30 == 29
+                diags = [
+                    {
+                        "file": "main.c",
+                        "line": 3,
+                        "column": 5,
+                        "severity": "error",
+                        "message": "‘total’ undeclared (first use in this function)",
+                    }
+                ]
+                add({"kind": "process.run", "ts": ts, "student_id": sid, "run_kind": "build",
+                     "tool": "gcc", "exe": "/usr/bin/gcc", "argv": ["gcc", "main.c"],
+                     "cwd": "/home/coder/project/hw1", "start": ts, "end": ts,
+                     "exit_code": 1 if failing else 0,
+                     "diagnostics": diags if failing else []})  # fmt: skip
+        yield from out
+        out.clear()
+    if batch:
+        yield json.dumps({"events": batch}).encode()
+
+
+async def load(be: Backend, payloads: Iterator[bytes]) -> int:
+    stored = 0
+    headers = {"Authorization": f"Bearer {be.agent_token}", "Content-Type": "application/json"}
+    async with httpx.AsyncClient(base_url=be.url, headers=headers, timeout=300) as client:
+
+        async def worker() -> None:
+            nonlocal stored
+            for body in payloads:  # shared iterator: each body goes to one worker
+                r = await client.post("/api/v1/events", content=body)
+                if r.status_code != 200:
+                    raise RuntimeError(f"ingest answered HTTP {r.status_code}: {r.text[:300]}")
+                stored += sum(1 for x in r.json()["results"] if x["status"] == "stored")
+
+        await asyncio.gather(*(worker() for _ in range(4)))
+    return stored
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(len(s) * q))]
+
+
+def browse(be: Backend) -> dict[str, list[float]]:
+    from playwright.sync_api import Page, expect, sync_playwright
+
+    sid = student_id(STUDENTS // 2)
+    times: dict[str, list[float]] = {
+        k: [] for k in ("dashboard", "dashboard_nav", "timeline", "timeline_nav", "diff")
+    }
+
+    # wait_for_function polls every 10 ms; expect() backs off up to 1 s between checks,
+    # which would be measured as page time.
+    def dashboard_ready(page: Page) -> None:
+        page.wait_for_function(
+            "n => document.querySelectorAll('[data-testid=student-row]').length === n"
+            " && document.querySelector('[data-testid=top-errors]')",
+            arg=min(50, STUDENTS),
+            polling=10,
+        )
+
+    def timeline_ready(page: Page) -> None:
+        page.wait_for_function(
+            "n => document.querySelectorAll('[data-testid=timeline] tr').length === n",
+            arg=min(200, SAVES + SAVES // 10),  # saves + builds
+            polling=10,
+        )
+
+    expect.set_options(timeout=120_000)  # the first reads of a big, cold database
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        page = browser.new_page(viewport={"width": 1360, "height": 900})
+        page.set_default_timeout(60_000)
+        page.goto(f"{be.url}/#/login")
+        page.get_by_test_id("token").fill(be.reader_token)
+        page.get_by_test_id("login-submit").click()
+        expect(page.get_by_test_id("class-card")).to_have_count(1)
+        for _ in range(ROUNDS):
+            for name, hash_, ready in (
+                ("dashboard", "#/c/os-1/hw1", dashboard_ready),
+                ("timeline", f"#/c/os-1/hw1/{sid}", timeline_ready),
+            ):
+                # cold: a new page load (assets revalidated, every API call made)
+                page.goto("about:blank")
+                t = time.perf_counter()
+                page.goto(f"{be.url}/{hash_}")
+                ready(page)
+                times[name].append(time.perf_counter() - t)
+                # in the app: arriving by a link from the class page
+                page.goto(f"{be.url}/#/c/os-1")
+                expect(page.get_by_test_id("heatmap")).to_be_visible()
+                t = time.perf_counter()
+                page.evaluate("h => { location.hash = h; }", hash_)
+                ready(page)
+                times[name + "_nav"].append(time.perf_counter() - t)
+        page.goto(f"{be.url}/#/c/os-1/hw1/{sid}/replay?path=main.c&mode=unified")
+        expect(page.get_by_test_id("version-label")).to_contain_text(f"/{SAVES}")
+        rng = random.Random(6)
+        pairs: set[tuple[int, int]] = set()
+        while len(pairs) < DIFFS:
+            a, b = rng.sample(range(SAVES), 2)
+            pairs.add((a, b))
+        for a, b in pairs:
+            page.get_by_test_id("slider").fill(str(b))
+            expect(page.get_by_test_id("version-label")).to_contain_text(f" {b + 1}/")
+            t = time.perf_counter()  # from choosing version A until the A → B diff is shown
+            page.get_by_test_id("compare-from").select_option(index=a)
+            page.wait_for_function(  # polling: see dashboard_ready
+                "([a, b]) => { const s = document.querySelector('[data-testid=compare-from]');"
+                " const d = document.querySelector('[data-testid=replay-view]');"
+                " return s && s.selectedIndex === a && d && d.dataset.shown === `${a}>${b}`; }",
+                arg=[a, b],
+                polling=10,
+            )
+            times["diff"].append(time.perf_counter() - t)
+        browser.close()
+    return times
+
+
+def api_times(be: Backend) -> dict[str, float]:
+    """Server-side share: the page's API calls alone (best of 5, ms)."""
+    sid = student_id(STUDENTS // 2)
+    base = "/api/v1/classes/os-1/assignments/hw1"
+    with httpx.Client(base_url=be.url, timeout=300,
+                      headers={"Authorization": f"Bearer {be.reader_token}"}) as c:  # fmt: skip
+        versions = c.get(f"{base}/students/{sid}/files/versions", params={"path": "main.c"})
+        ids = [v["snapshot_id"] for v in versions.json()]
+        calls = {
+            "summary (50 of the class, sorted)": f"{base}/summary?limit=50",
+            "errors": f"{base}/errors?limit=10",
+            "student analytics": f"{base}/students/{sid}/analytics",
+            "timeline page (200)": f"{base}/students/{sid}/timeline?limit=200",
+            "diff (first → last version)": f"/api/v1/diff?from={ids[0]}&to={ids[-1]}",
+        }
+        out = {}
+        for name, url in calls.items():
+            best = float("inf")
+            for _ in range(5):
+                t = time.perf_counter()
+                c.get(url).raise_for_status()
+                best = min(best, (time.perf_counter() - t) * 1000)
+            out[name] = best
+    return out
+
+
+def body(result: Result) -> None:
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > int(CLIENT_CPU):
+        os.sched_setaffinity(0, {int(CLIENT_CPU)})
+    log(f"building {STUDENTS} students x {SAVES:,} saves (+ a build every 10th save) ...")
+    payloads = events()
+    with Backend("ui") as be:
+        t = time.perf_counter()
+        stored = asyncio.run(load(be, payloads))
+        load_s = time.perf_counter() - t
+        log(f"ingested {stored:,} events in {load_s:.1f}s; browsing ...")
+        api = api_times(be)
+        log(f"API alone: {api}")
+        with CpuMeter(be.pid) as cpu:
+            times = browse(be)
+        result.other_cpu_cores = round(cpu.other_cores, 2)
+        result.server_cpu_cores = round(cpu.server_cores, 2)
+    ms = {k: [x * 1000 for x in v] for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in ms.items()}
+    dash, tl, diff = med["dashboard"], med["timeline"], med["diff"]
+    result.metrics += [
+        Metric(f"class dashboard ({STUDENTS} students), cold page load to usable, median", dash,
+               "ms", "< 2000", target_check(dash, "<", 2000)),
+        Metric("class dashboard, by a link in the app, median", med["dashboard_nav"], "ms"),
+        Metric(f"student timeline ({SAVES:,} saves), cold page load to usable, median", tl,
+               "ms", "< 1000", target_check(tl, "<", 1000)),
+        Metric("student timeline, by a link in the app, median", med["timeline_nav"], "ms"),
+        Metric("any-to-any diff in replay, median", diff, "ms", "< 300",
+               target_check(diff, "<", 300)),
+        Metric("any-to-any diff in replay, p95", pct(ms["diff"], 0.95), "ms"),
+        *(Metric(f"API alone: {k}", v, "ms") for k, v in api.items()),
+        Metric("setup: ingest", stored / load_s, "events/s"),
+    ]  # fmt: skip
+    result.notes.append(
+        f"{stored:,} events ({STUDENTS} students x {SAVES:,} saves of main.c, a gcc build every"
+        f" 10th save); Chromium headless via Playwright, signed in with a session cookie; "
+        f"dashboard and timeline: {ROUNDS} cold page loads (assets revalidated, every API call"
+        f" made) and {ROUNDS} in-app link navigations each; diff: {DIFFS} random version pairs"
+        " (slider to B, then time from choosing A until the A → B diff is on screen)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(run_bench("e", "Instructor UI in Chromium: dashboard, timeline, diff", body))
