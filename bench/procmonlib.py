@@ -1,0 +1,81 @@
+"""Helpers for the procmon benchmarks (i, j): root check, the BPF object, the fork+exec
+load generator, a "student container" (``unshare --uts`` with a ``jcode-…`` hostname),
+a procmon agent and the BPF programs it loaded (for ``bpf_stats``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from agentlib import BPF_OBJ, STUDENT_HOST, Agent
+from benchlib import ROOT, free_port
+
+HERE = Path(__file__).resolve().parent
+PROGS = ("handle_exec", "handle_exit", "handle_sys_enter")
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise RuntimeError("procmon benchmarks load eBPF programs: run them as root")
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        raise RuntimeError("this kernel has no BTF (/sys/kernel/btf/vmlinux)")
+    subprocess.run(["make", "-s", "-C", str(ROOT / "packages" / "procmon"), "bpf"], check=True)
+
+
+def build_forkexec(tmp: Path) -> Path:
+    exe = tmp / "forkexec"
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-o", str(exe), str(HERE / "procmon" / "forkexec.c")], check=True
+    )
+    return exe
+
+
+def in_container(cmd: list[str], host: str = STUDENT_HOST) -> list[str]:
+    """``cmd`` inside a new UTS namespace whose hostname makes it a student container."""
+    return ["unshare", "--uts", "--fork", "sh", "-c", 'hostname "$0" && exec "$@"', host, *cmd]
+
+
+def forkexec(
+    gen: Path, seconds: float, rate: float, workers: int, prog: list[str], container: bool = True
+) -> tuple[int, float]:
+    """Run the generator; (execs, seconds)."""
+    cmd = [str(gen), str(seconds), str(rate), str(workers), *prog]
+    out = subprocess.run(
+        in_container(cmd) if container else cmd, capture_output=True, text=True, check=True
+    ).stdout.split()
+    return int(out[0]), float(out[1])
+
+
+def procmon(tmp: Path, api_server: str | None = None, token: str = "bench", **env: str) -> Agent:
+    """A procmon agent with its outbox in ``tmp`` (no backend unless ``api_server``)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    return Agent(
+        "procmon",
+        {
+            "STATE_DIR": str(tmp / "procmon-state"),
+            "API_SERVER": api_server or f"http://127.0.0.1:{free_port()}",
+            "WATCHER_AGENT_TOKEN": token,
+            "WATCHER_PROCMON_BPF_OBJ": str(BPF_OBJ),
+            **env,
+        },
+        tmp,
+    )
+
+
+def tracing_progs() -> dict[int, dict[str, Any]]:
+    """All loaded tracing programs named like procmon's: {id: bpftool's JSON}."""
+    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
+    out = subprocess.run([bpftool, "prog", "show", "--json"], capture_output=True, check=True)
+    return {int(p["id"]): p for p in json.loads(out.stdout) if p.get("name") in PROGS}
+
+
+def kernel_counter(m: dict[str, float], typ: str, outcome: str) -> float:
+    return m.get(f'watcher_procmon_kernel_events_total{{outcome="{outcome}",type="{typ}"}}', 0.0)
+
+
+def runs_total(m: dict[str, float]) -> float:
+    return sum(v for k, v in m.items() if k.startswith("process_events_total{"))
