@@ -162,6 +162,20 @@ _RUN_COLUMNS = (
 )
 # constant text only (column names and placeholders), no values
 INS_RUN = f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 32)})"  # noqa: S608
+# Per-(assignment, student) snapshot totals (migration 0004): one aggregated upsert per
+# pair per batch instead of 0003's row trigger on every snapshot insert.
+_INS_STATS = (
+    "INSERT INTO assignment_student_stats AS s "
+    "(assignment_id, student_pk, snapshots, size_sum, last_ts_us) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (assignment_id, student_pk) DO UPDATE SET "
+    "snapshots = s.snapshots + excluded.snapshots, "
+    "size_sum = s.size_sum + excluded.size_sum, "
+    "last_ts_us = {greatest}(s.last_ts_us, excluded.last_ts_us)"
+)
+INS_STATS = {
+    "sqlite": _INS_STATS.format(greatest="max"),
+    "postgresql": _INS_STATS.format(greatest="GREATEST"),
+}
 INS_RUN_SOURCE = "INSERT INTO run_sources (run_id, path, sha256, size) VALUES (?, ?, ?, ?)"
 INS_CELL = (
     "INSERT INTO notebook_cells (event_id, student_pk, assignment_id, notebook, ts_us, "
@@ -262,6 +276,8 @@ class _Batch:
         self.run_sources: list[tuple[Any, ...]] = []
         self.cells: list[tuple[Any, ...]] = []
         self.dirty: dict[int, FileState] = {}  # files whose state changed, by id
+        # (assignment, student) -> [snapshots, size sum, latest ts] added by this batch
+        self.stats: dict[tuple[int, int], list[int]] = {}
         self.snapshot_ids: Iterator[int] = iter(())
         self.run_ids: Iterator[int] = iter(())
 
@@ -419,6 +435,13 @@ class _Batch:
                 cache.unchanged_snapshots += 1
             op = "create" if state.deleted else "modify"
             self.set_file(state, deleted=False, last_sha256=ev.sha256)
+        totals = self.stats.get((key[1], spk))
+        if totals is None:
+            self.stats[(key[1], spk)] = [1, ev.size, ts]
+        else:
+            totals[0] += 1
+            totals[1] += ev.size
+            totals[2] = max(totals[2], ts)
         sid = next(self.snapshot_ids)
         self.snapshots.append(
             (
@@ -540,6 +563,9 @@ class _Batch:
             raw.executemany(INS_BLOB, list(self.blobs.values()))
         if self.snapshots:
             raw.executemany(INS_SNAPSHOT, self.snapshots)
+            raw.executemany(
+                INS_STATS[raw.dialect], [(a, s, *t) for (a, s), t in self.stats.items()]
+            )
         if self.file_events:
             raw.executemany(INS_FILE_EVENT, self.file_events)
         if self.runs:

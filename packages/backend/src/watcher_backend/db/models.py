@@ -219,10 +219,12 @@ class NotebookCellRow(Base):
 class AssignmentStudentStatsRow(Base):
     """Per (assignment, student) snapshot count, total size and latest time.
 
-    Maintained by database triggers on ``snapshots`` (migration 0003), in the same
-    transaction as every snapshot insert/delete/update, so it is never stale; class-wide
-    aggregates read one row per student instead of every snapshot. A row exists only
-    while the student has snapshots in the assignment.
+    Maintained in the same transaction as every snapshot change, so it is never stale:
+    inserts by the ingest writer (one aggregated upsert per batch, ``store.INS_STATS``,
+    migration 0004 — the store is the only code that inserts snapshots), deletes and
+    updates by database triggers on ``snapshots`` (migration 0003). Class-wide aggregates
+    read one row per student instead of every snapshot. A row exists only while the
+    student has snapshots in the assignment.
     """
 
     __tablename__ = "assignment_student_stats"
