@@ -315,9 +315,10 @@ class GroupCommitWriter:
             raw = raw_for(conn, self.cache.raw_holder)
             results = [self._apply_one(conn, raw, p) for p in events]
         else:
-            # No SAVEPOINT here: on SQLite a savepoint makes the snapshot-stats trigger
-            # (migration 0003) ~5x slower (~110 µs more per snapshot). A failure rolls
-            # back the whole transaction instead and the group is redone per event.
+            # No SAVEPOINT here: on SQLite, statements inside a savepoint were measured
+            # ~5x slower with a row trigger on the table (0003's snapshot-stats trigger:
+            # +110 µs per snapshot). A failure rolls back the whole transaction instead
+            # and the group is redone per event.
             try:
                 results = apply_batch(conn, events, self.cache)
             except Exception as exc:
