@@ -48,6 +48,14 @@ def main() -> int:
         " shared machine (they are not what one dedicated core would do: latency and"
         " scheduling still suffer).",
         "",
+        "The agent benchmarks (f–j) run the real `watcher-filemon` / `watcher-procmon`"
+        " processes (not pinned) on tmpfs trees; f and g send to a real backend as above,"
+        " h and i–j measure the agent alone (outbox only); i and j load eBPF programs (root)"
+        ' and run the load inside a "student container" (`unshare --uts`, a `jcode-…`'
+        " hostname). Sysctls they change (`fs.inotify.max_user_watches` if needed,"
+        " `kernel.bpf_stats_enabled`) are restored afterwards. Each one's knobs for a shorter"
+        " run are in its docstring; the defaults are the issues' full sizes.",
+        "",
         "**Old system:** the old JCode-Watcher cannot be run here. Its column shows the"
         " *recorded* figures (137 req/s and p99 1,091 ms for compat single-event writes;"
         " 1.7 s for the assignment aggregate at 1.7k rows; 18.7 MB of `/metrics` after 13k"
