@@ -288,7 +288,7 @@ start_procmon() {
   fi
   port="$(first_free_port "$PROCMON_METRICS_PORT" "${FILEMON_PORT_USED:-}")"
   [[ "$port" == "$PROCMON_METRICS_PORT" ]] ||
-    log "port $PROCMON_METRICS_PORT is taken — procmon's metrics go to port $port instead"
+    log "port $PROCMON_METRICS_PORT is taken (or is filemon's) — procmon's metrics go to port $port instead"
   log "starting procmon (log: .run/logs/$svc.log)"
   if STATE_DIR="$RUN_DIR/procmon" METRICS_PORT="$port" \
     API_SERVER="http://127.0.0.1:$BACKEND_PORT" NODE_NAME="${NODE_NAME:-local}" \
