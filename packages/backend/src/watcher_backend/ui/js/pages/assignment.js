@@ -92,14 +92,15 @@ export async function render(ctx) {
     search.focus();
     search.setSelectionRange(search.value.length, search.value.length);
   }
-  const summaryP = getJSON(url(paths.summary(c, hw), {
+  // The table first: the error summary and heatmap are asked for after it, so on a busy
+  // server they do not compete with the request the instructor is waiting for.
+  const summary = await getJSON(url(paths.summary(c, hw), {
     sort: state.sort, order: state.order, search: state.search, flag: state.flag,
     started: state.started, offset: state.page * PAGE, limit: PAGE,
   }));
+  if (!ctx.alive()) return;
   const errorsP = getJSON(url(paths.errors(c, hw), { limit: 10 }));
   const heatP = getJSON(url(paths.heatmap(c), { assignment: hw }));
-  const summary = await summaryP;
-  if (!ctx.alive()) return;
   statsLine.textContent = t('asg.stats', { started: summary.stats.started, students: summary.stats.students, median: duration(summary.stats.median_time_on_task_s) });
   tableBox.replaceChildren(studentTable(summary, state, go, c, hw));
   renderErrors(errorsBox, await errorsP, c, hw);
