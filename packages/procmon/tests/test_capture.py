@@ -12,10 +12,20 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from watcher_common.wire import ProcessRun
+from watcher_procmon.agent import Pipeline
 from watcher_procmon.diagnostics import StderrCollector, parse
-from watcher_procmon.events import StderrEvent
-from watcher_procmon.sources import MAX_SOURCE_BYTES, ProcessRoot, read_sources
+from watcher_procmon.events import ExecEvent, ExitEvent, StderrEvent
+from watcher_procmon.metrics import ProcmonMetrics
+from watcher_procmon.sources import (
+    MAX_SOURCE_BYTES,
+    ProcessRoot,
+    SourceRead,
+    capture_sources,
+    read_sources,
+)
 
 
 def _fork_ns(pid: int) -> int:
@@ -150,3 +160,105 @@ def test_collector_keeps_each_writer_whole() -> None:
     assert out is not None and out.text == "a.c:1:1: error: e\nx.c:2:2: warning: w\n"
     assert [d.severity for d in out.diagnostics] == ["error", "warning"]
     assert c.finish(10) is None and len(c) == 0
+
+
+# ---- a process gone before capture: read through a live stand-in of its pod -------------
+
+
+def _mntns(pid: int) -> int:
+    return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+
+
+@pytest.fixture
+def exited(tmp_path: Path) -> tuple[int, int, Path]:
+    """A "compiler" that already exited (pid, fork time) and the source it was given."""
+    src = tmp_path / "fast.c"
+    src.write_bytes(b"int fast;\n")
+    fork_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    p = subprocess.Popen(["true"])
+    p.wait()
+    return p.pid, fork_ns, src
+
+
+def test_exited_process_is_read_through_its_parent(exited: tuple[int, int, Path]) -> None:
+    pid, fork_ns, src = exited
+    me = os.getpid()
+    reads, via = capture_sources(
+        pid, fork_ns, str(src.parent), ("fast.c",), ppid=me, mntns=_mntns(me)
+    )
+    assert via == "parent"
+    assert [(r.status, r.sha256) for r in reads] == [
+        ("ok", hashlib.sha256(b"int fast;\n").hexdigest())
+    ]
+
+
+def test_exited_process_is_read_through_a_peer(
+    exited: tuple[int, int, Path], sleeper: subprocess.Popen[bytes]
+) -> None:
+    pid, fork_ns, src = exited
+    mntns = _mntns(os.getpid())
+    stale = (sleeper.pid, _fork_ns(sleeper.pid) + 10 * 1_000_000_000)  # a recycled pid
+    args = (pid, fork_ns, str(src.parent), ("fast.c",))
+    assert capture_sources(*args, ppid=0, mntns=mntns, peers=[stale])[1] == "missing"
+    peer = (sleeper.pid, _fork_ns(sleeper.pid))
+    reads, via = capture_sources(*args, ppid=0, mntns=mntns, peers=[stale, peer])
+    assert via == "peer" and reads[0].status == "ok"
+
+
+def test_stand_ins_must_be_provably_of_the_same_pod(exited: tuple[int, int, Path]) -> None:
+    pid, fork_ns, src = exited
+    me = os.getpid()
+    args = (pid, fork_ns, str(src.parent), ("fast.c",))
+    # namespace unknown: no telling what the parent sees
+    assert capture_sources(*args, ppid=me)[1] == "missing"
+    # a "parent" younger than the child's fork: the parent's pid was recycled
+    early = _fork_ns(me) - 10 * 1_000_000_000
+    got = capture_sources(pid, early, str(src.parent), ("fast.c",), ppid=me, mntns=_mntns(me))
+    assert got == ([SourceRead(str(src), "gone")], "missing")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mount namespaces need root; CI runs as root")
+def test_a_parent_in_another_mount_namespace_is_never_used(
+    exited: tuple[int, int, Path],
+) -> None:
+    pid, fork_ns, src = exited
+    other = subprocess.Popen(["unshare", "--mount", "sleep", "30"])  # exec'd in place
+    try:
+        deadline = time.monotonic() + 5
+        while _mntns(other.pid) == _mntns(os.getpid()):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        reads, via = capture_sources(
+            pid, fork_ns, str(src.parent), ("fast.c",), ppid=other.pid, mntns=_mntns(os.getpid())
+        )
+        assert via == "missing" and reads[0].sha256 is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_pipeline_captures_an_exited_compile_through_its_parent(
+    exited: tuple[int, int, Path],
+) -> None:
+    """The race end to end in the agent: the exec is handled after gcc exited."""
+    pid, fork_ns, src = exited
+    me = os.getpid()
+    items: list[object] = []
+
+    class Sink:
+        def put(self, event: object, content: bytes | None = None) -> None:
+            items.append(event)
+
+    metrics = ProcmonMetrics(CollectorRegistry())
+    pipe = Pipeline(Sink(), metrics=metrics)
+    ev = ExecEvent(
+        ts_ns=fork_ns, tgid=pid, ns_tgid=pid, ppid=me, uid=0, gid=0, flags=0, cgroup_id=0,
+        fork_ns=fork_ns, pidns=0, mntns=_mntns(me), nodename="jcode-os-1-202600001",
+        filename="/usr/bin/gcc", argv=("gcc", "-c", "fast.c"), argv_truncated=False,
+        argv_len=17, exe="/usr/bin/gcc", cwd=str(src.parent),
+    )  # fmt: skip
+    pipe.feed(ev)
+    pipe.feed(ExitEvent(ts_ns=fork_ns + 1000, tgid=pid, status=0, last_tid=pid))
+    (run,) = [e for e in items if isinstance(e, ProcessRun)]
+    assert run.source_files[0].sha256 == hashlib.sha256(src.read_bytes()).hexdigest()
+    assert metrics.source_capture.labels(via="parent")._value.get() == 1

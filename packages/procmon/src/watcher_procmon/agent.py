@@ -21,10 +21,11 @@ from watcher_common.wire import Event
 from watcher_procmon.classify import Classification, classify
 from watcher_procmon.diagnostics import StderrCollector
 from watcher_procmon.events import Event as KernelEvent
-from watcher_procmon.events import ExecEvent, StderrEvent
+from watcher_procmon.events import ExecEvent, ExitEvent, StderrEvent
 from watcher_procmon.metrics import ProcmonMetrics, process_name
+from watcher_procmon.mntns import Namespaces
 from watcher_procmon.records import BootClock, Pairer, ProcessRecord
-from watcher_procmon.sources import SourceRead, container_path, read_sources
+from watcher_procmon.sources import SourceRead, capture_sources, container_path
 from watcher_procmon.to_wire import Origin, origin, process_run, snapshot
 
 log = logging.getLogger("watcher_procmon.agent")
@@ -70,6 +71,7 @@ class Pipeline:
         metrics: ProcmonMetrics | None = None,
         health: HealthLike | None = None,
         clock: BootClock | None = None,
+        proc: str = "/proc",
     ) -> None:
         self.sink = sink
         self.node = node
@@ -79,6 +81,9 @@ class Pipeline:
         self.pairer = Pairer(clock or BootClock())
         self.stderr = StderrCollector()
         self.pending: dict[int, _Pending] = {}
+        self.namespaces = Namespaces(identity, proc)
+        self.proc = proc
+        self._warned_mntns: OrderedDict[int, None] = OrderedDict()
         self.version = agent_version()
         self._sent: OrderedDict[tuple[str, str, str, str], str] = OrderedDict()
         self.runs = 0
@@ -96,6 +101,9 @@ class Pipeline:
             self._on_record(rec)
         if isinstance(ev, ExecEvent):
             self._on_exec(ev)
+            self.namespaces.exec(ev)  # after: a process is not its own stand-in
+        elif isinstance(ev, ExitEvent):
+            self.namespaces.exit(ev.tgid)
 
     def flush(self) -> None:
         """At shutdown: runs of processes still running (no end known)."""
@@ -107,12 +115,48 @@ class Pipeline:
     def _on_exec(self, ev: ExecEvent) -> None:
         cls = classify(ev.exe, ev.argv, ev.filename)
         paths = [p for s in cls.sources if (p := container_path(ev.cwd, s))]
-        org = origin(ev.nodename, ev.cwd, paths, self.identity)
+        mounted = self.namespaces.workspace(ev)
+        org = origin(ev.nodename, ev.cwd, paths, self.identity, mounted)
+        if isinstance(org, Origin) and org.mismatch_cause is not None:
+            self._mismatch(ev, org)
         reads: list[SourceRead] = []
         if cls.kind in ("compiler", "interpreter") and cls.sources and isinstance(org, Origin):
-            reads = read_sources(ev.tgid, ev.fork_ns, ev.cwd, cls.sources)
+            reads, via = capture_sources(
+                ev.tgid,
+                ev.fork_ns,
+                ev.cwd,
+                cls.sources,
+                ppid=ev.ppid,
+                mntns=ev.mntns,
+                peers=self.namespaces.peers(ev.mntns),
+                proc=self.proc,
+            )
+            self.metrics.source_capture.labels(via=via).inc()
+            if via in ("peer", "missing"):
+                self.namespaces.prune(ev.mntns)  # the peers tried first may be long gone
             self._snapshots(ev, org, reads)
         self.pending[ev.tgid] = _Pending(ev.ts_ns, cls, org, reads)
+
+    def _mismatch(self, ev: ExecEvent, org: Origin) -> None:
+        self.metrics.identity_mismatch.labels(cause=org.mismatch_cause).inc()
+        if ev.mntns in self._warned_mntns:
+            return  # once per pod: every command of a renamed pod would repeat it
+        self._warned_mntns[ev.mntns] = None
+        if len(self._warned_mntns) > SNAPSHOT_MEMORY:
+            self._warned_mntns.popitem(last=False)
+        # no ids here (never in logs above DEBUG): the run carries them, flagged
+        why = (
+            "the hostname does not name the workspace mounted at the container root; runs "
+            "are attributed to the mounted workspace"
+            if org.mismatch_cause == "mount"
+            else "a path names another workspace than the container's"
+        )
+        log.warning(
+            "identity mismatch in mount namespace %d (%s): %s",
+            ev.mntns,
+            org.workspace.class_div,
+            why,
+        )
 
     def _snapshots(self, ev: ExecEvent, org: Origin, reads: list[SourceRead]) -> None:
         start = self.pairer.clock.to_utc(ev.ts_ns)
@@ -145,7 +189,8 @@ class Pipeline:
         p = self.pending.pop(ev.tgid, None)
         if p is None or p.exec_ts != ev.ts_ns:  # not expected: exec always comes first
             cls = classify(ev.exe, ev.argv, ev.filename)
-            p = _Pending(ev.ts_ns, cls, origin(ev.nodename, ev.cwd, [], self.identity), [])
+            org = origin(ev.nodename, ev.cwd, [], self.identity, self.namespaces.workspace(ev))
+            p = _Pending(ev.ts_ns, cls, org, [])
         build = self.stderr.finish(ev.tgid) if ev.build_tgid == ev.tgid else None
         if ev.build_tgid and ev.build_tgid != ev.tgid:
             self.metrics.dropped.labels(reason="build_child").inc()

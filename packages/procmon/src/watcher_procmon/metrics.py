@@ -23,6 +23,8 @@ DROP_REASONS = (
     "invalid",  # could not be turned into a valid wire event (a bug: logged)
     "outbox_full",  # the outbox refused it (over budget or disk full)
 )
+CAPTURE_VIA = ("self", "parent", "peer", "missing")  # sources.VIAS
+MISMATCH_CAUSES = ("mount", "path")  # to_wire.Origin.mismatch_cause
 SOURCE_OUTCOMES = ("hashed", "gone", "missing", "too_large", "binary", "not_regular", "error")
 
 # (type, outcome) -> the kernel counter it is read from
@@ -92,6 +94,20 @@ class ProcmonMetrics:
             ["outcome"],
             registry=reg,
         )
+        self.source_capture = Counter(
+            "watcher_procmon_source_capture",
+            "Compiler / interpreter execs whose sources were read, by whose /proc/<pid>/root "
+            "(the process itself, its parent or a peer in its mount namespace; missing: none)",
+            ["via"],
+            registry=reg,
+        )
+        self.identity_mismatch = Counter(
+            "watcher_procmon_identity_mismatch",
+            "Execs flagged identity_mismatch: the hostname names another workspace than the "
+            "one mounted (mount) or a path names another workspace (path)",
+            ["cause"],
+            registry=reg,
+        )
         self.diagnostics = Counter(
             "watcher_procmon_diagnostics", "Compiler diagnostics parsed from stderr", registry=reg
         )
@@ -113,3 +129,7 @@ class ProcmonMetrics:
             self.dropped.labels(reason=r)
         for o in SOURCE_OUTCOMES:
             self.sources.labels(outcome=o)
+        for v in CAPTURE_VIA:
+            self.source_capture.labels(via=v)
+        for c in MISMATCH_CAUSES:
+            self.identity_mismatch.labels(cause=c)

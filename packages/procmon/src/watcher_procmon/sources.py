@@ -6,6 +6,12 @@ RESOLVE_NO_MAGICLINKS)``: the container's "/" is the root of the lookup, so an a
 symlink or ``..`` in a student's tree resolves inside the container and can never reach the
 node's files. The ``/proc/<pid>`` directory is opened first and the process's start time
 checked against the exec record, so a recycled pid is never read.
+
+A fast ``gcc -c`` may exit before its exec reaches us. Its files are then read through
+another live process of the same mount namespace (same container, same view of the
+files): its parent (usually the student's shell), else a peer known from exec records.
+Such a stand-in must be in the exec's mount namespace (``/proc/<pid>/ns/mnt``) and, for
+the parent, have started no later than the child was forked (else the pid was recycled).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import hashlib
 import os
 import posixpath
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +37,8 @@ _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
 Status = Literal["ok", "binary", "too_large", "gone", "missing", "not_regular", "error"]
+Via = Literal["self", "parent", "peer", "missing"]  # whose /proc/<pid>/root was read
+VIAS: tuple[Via, ...] = ("self", "parent", "peer", "missing")
 
 
 class _OpenHow(ctypes.Structure):
@@ -84,6 +93,50 @@ def _start_ticks(stat_text: str) -> int:
     return int(stat_text.rsplit(")", 1)[1].split()[19])
 
 
+def _ticks(ns: int) -> int:
+    return ns * _CLK_TCK // 1_000_000_000
+
+
+def open_pid(
+    pid: int,
+    proc: str = "/proc",
+    *,
+    fork_ns: int | None = None,
+    born_by_ns: int | None = None,
+    mntns: int = 0,
+) -> tuple[int, int] | None:
+    """``/proc/<pid>`` as a directory fd and the process's start time in clock ticks, or
+    None when it is gone or fails a check: ``fork_ns`` (the exact start, from its exec
+    record), ``born_by_ns`` (it must have started no later: a parent is older than its
+    child, a recycled pid is not), ``mntns`` (its mount namespace inode; 0 = unchecked).
+    The fd stays valid for this process only: a later recycled pid is a new directory."""
+    try:
+        pid_fd = os.open(f"{proc}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        stat_fd = os.open("stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=pid_fd)
+        try:
+            text = os.read(stat_fd, 4096).decode("ascii", "replace")
+        finally:
+            os.close(stat_fd)
+        # /proc reports start_boottime in clock ticks: the exec record's fork time must
+        # fall in the same tick, else this is a recycled pid
+        start = _start_ticks(text)
+        ok = (fork_ns is None or start == _ticks(fork_ns)) and (
+            born_by_ns is None or start <= _ticks(born_by_ns)
+        )
+        # st_ino of the ns link is the namespace's inode (what BPF records as mntns)
+        if ok and mntns and os.stat("ns/mnt", dir_fd=pid_fd).st_ino != mntns:
+            ok = False
+    except (OSError, ValueError, IndexError):
+        ok = False
+    if not ok:
+        os.close(pid_fd)
+        return None
+    return pid_fd, start
+
+
 class ProcessRoot:
     """The root directory of one running process (a context manager; closes its fds)."""
 
@@ -91,25 +144,21 @@ class ProcessRoot:
         self._fd = root_fd
 
     @classmethod
-    def open(cls, pid: int, fork_ns: int, proc: str = "/proc") -> ProcessRoot | None:
+    def open(
+        cls, pid: int, fork_ns: int, proc: str = "/proc", *, mntns: int = 0
+    ) -> ProcessRoot | None:
         """None when the process is gone (or the pid now belongs to another process)."""
-        try:
-            pid_fd = os.open(f"{proc}/{pid}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
+        opened = open_pid(pid, proc, fork_ns=fork_ns, mntns=mntns)
+        if opened is None:
             return None
+        return cls._from_pid_fd(opened[0])
+
+    @classmethod
+    def _from_pid_fd(cls, pid_fd: int) -> ProcessRoot | None:
+        """Takes ownership of ``pid_fd`` (closed here)."""
         try:
-            stat_fd = os.open("stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=pid_fd)
-            try:
-                text = os.read(stat_fd, 4096).decode("ascii", "replace")
-            finally:
-                os.close(stat_fd)
-            # /proc reports start_boottime in clock ticks: the exec record's fork time must
-            # fall in the same tick, else this is a recycled pid
-            if _start_ticks(text) != fork_ns * _CLK_TCK // 1_000_000_000:
-                return None
-            flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-            return cls(os.open("root", flags, dir_fd=pid_fd))
-        except (OSError, ValueError, IndexError):
+            return cls(os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pid_fd))
+        except OSError:
             return None
         finally:
             os.close(pid_fd)
@@ -159,13 +208,67 @@ class ProcessRoot:
 def read_sources(
     pid: int, fork_ns: int, cwd: str, args: tuple[str, ...], proc: str = "/proc"
 ) -> list[SourceRead]:
-    """Every source named in argv, in argv order; status "gone" for all when the process
-    has already exited (the run still lists the paths, without hashes)."""
+    """Every source named in argv, in argv order, read through the process itself only."""
+    return capture_sources(pid, fork_ns, cwd, args, proc=proc)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class StandIn:
+    """A process whose ``/proc/<pid>`` may be read for an exec's (see :func:`stand_in`)."""
+
+    pid: int
+    pid_fd: int  # the caller closes it
+    start_ticks: int
+    via: Via
+
+
+def stand_in(
+    pid: int,
+    fork_ns: int,
+    *,
+    ppid: int = 0,
+    mntns: int = 0,
+    peers: Iterable[tuple[int, int]] = (),
+    proc: str = "/proc",
+) -> StandIn | None:
+    """The first live process that sees what ``pid`` saw: itself, else (only when its mount
+    namespace is known) its parent, else a peer ``(pid, fork_ns)`` of that namespace."""
+    if got := open_pid(pid, proc, fork_ns=fork_ns, mntns=mntns):
+        return StandIn(pid, *got, "self")
+    if not mntns:  # without the namespace there is no telling a stand-in's view is the same
+        return None
+    if ppid > 1 and (got := open_pid(ppid, proc, born_by_ns=fork_ns, mntns=mntns)):
+        return StandIn(ppid, *got, "parent")
+    for peer, peer_fork in peers:
+        if peer in (pid, ppid):
+            continue
+        if got := open_pid(peer, proc, fork_ns=peer_fork, mntns=mntns):
+            return StandIn(peer, *got, "peer")
+    return None
+
+
+def capture_sources(
+    pid: int,
+    fork_ns: int,
+    cwd: str,
+    args: tuple[str, ...],
+    *,
+    ppid: int = 0,
+    mntns: int = 0,
+    peers: Iterable[tuple[int, int]] = (),
+    proc: str = "/proc",
+) -> tuple[list[SourceRead], Via]:
+    """Every source named in argv, in argv order, and whose root they were read through;
+    status "gone" for all (via "missing") when no process of the container could be used
+    (the run still lists the paths, without hashes)."""
     paths = [p for a in args if (p := container_path(cwd, a)) is not None]
     if not paths:
-        return []
-    root = ProcessRoot.open(pid, fork_ns, proc)
+        return [], "missing"
+    found = stand_in(pid, fork_ns, ppid=ppid, mntns=mntns, peers=peers, proc=proc)
+    if found is None:
+        return [SourceRead(p, "gone") for p in paths], "missing"
+    root = ProcessRoot._from_pid_fd(found.pid_fd)
     if root is None:
-        return [SourceRead(p, "gone") for p in paths]
+        return [SourceRead(p, "gone") for p in paths], "missing"
     with root:
-        return [root.read(p) for p in paths]
+        return [root.read(p) for p in paths], found.via

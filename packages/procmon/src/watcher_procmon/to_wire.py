@@ -1,15 +1,18 @@
 """A completed process record (+ its captured sources and stderr) -> wire events.
 
-Identity comes from the container's hostname (who ran it); the assignment from the
-container-visible cwd, else the first source file. A ``/workspace/<ws>/...`` path naming
-another workspace than the hostname keeps the hostname's identity and sets
-``identity_mismatch``.
+Identity comes from the workspace mounted at the container root when it is known (the
+files a run compiled belong to it; see mntns.py), else from the container's hostname. A
+hostname naming another (or no) workspace than the mounted one never moves the run to that
+student: it stays with the mounted workspace, flagged ``identity_mismatch``. The
+assignment comes from the container-visible cwd, else the first source file. A
+``/workspace/<ws>/...`` path naming another workspace also sets ``identity_mismatch``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from watcher_common.identity import (
     DEFAULT,
@@ -43,6 +46,9 @@ class Origin:
     workspace: Workspace
     assignment: str | None
     mismatch: bool
+    # why it is flagged: the hostname disagrees with the mounted workspace, or a path
+    # names another workspace (None: not flagged)
+    mismatch_cause: Literal["mount", "path"] | None = None
 
 
 def _parse(path: str, ident: IdentityConfig, ws: Workspace) -> ContainerPath | None:
@@ -55,16 +61,20 @@ def origin(
     cwd: str,
     source_paths: list[str],
     ident: IdentityConfig = DEFAULT,
+    mounted: Workspace | None = None,
 ) -> Origin | NotStudent:
     ws = parse_hostname(hostname, ident)
+    by_mount = mounted is not None and ws != mounted
+    if mounted is not None:
+        ws = mounted  # the files are the mounted workspace's, whatever the hostname says
     if isinstance(ws, NotStudent):
         return ws
     parsed = [p for p in (_parse(x, ident, ws) for x in [cwd, *source_paths]) if p]
     from_cwd = _parse(cwd, ident, ws)
     first = from_cwd or (parsed[0] if parsed else None)
-    return Origin(
-        ws, first.assignment if first else None, any(p.workspace_mismatch for p in parsed)
-    )
+    by_path = any(p.workspace_mismatch for p in parsed)
+    cause: Literal["mount", "path"] | None = "mount" if by_mount else "path" if by_path else None
+    return Origin(ws, first.assignment if first else None, cause is not None, cause)
 
 
 def source_file(read: SourceRead, run_assignment: str | None, ident: IdentityConfig) -> SourceFile:
