@@ -20,6 +20,7 @@ from .config import Settings
 from .db.engine import make_engine, migrate
 from .limits import BodyLimitMiddleware
 from .ops import Metrics, MetricsMiddleware
+from .routes import flatten_routes
 from .session import SessionSigner
 from .writer import GroupCommitWriter, WriterStopped
 
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         router = _optional_router(module)
         if router is not None:
             app.include_router(router)
+    flatten_routes(app)  # one linear match per request (FastAPI nests included routers)
 
     _install_error_handlers(app)
     # Last added runs first: metrics see every response, including the limit's 413s.
