@@ -40,7 +40,7 @@ class Params:
 
 def params(
     idle_minutes: Annotated[float, Query(gt=0, le=24 * 60)] = m.DEFAULT_IDLE_S / 60,
-    paste_bytes: Annotated[int, Query(ge=1)] = m.DEFAULT_PASTE_BYTES,
+    paste_bytes: Annotated[int, Query(ge=1, le=2**63 - 1)] = m.DEFAULT_PASTE_BYTES,
     paste_seconds: Annotated[float, Query(gt=0)] = m.DEFAULT_PASTE_SECONDS,
     first_save_ratio: Annotated[float, Query(gt=0, le=1)] = m.DEFAULT_FIRST_SAVE_RATIO,
     low_activity_ratio: Annotated[float, Query(gt=0, le=1)] = m.DEFAULT_LOW_ACTIVITY_RATIO,

@@ -11,7 +11,7 @@ import difflib
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 from sqlalchemy import Connection, case, func, select
@@ -32,6 +32,12 @@ from watcher_backend.db.models import (
 )
 from watcher_backend.db.tables import RUNS
 from watcher_common.timeutil import from_us
+
+# Row ids are SQLite/PostgreSQL 64-bit integers: a larger number can name nothing, and
+# binding it would fail in the driver (a 500) instead of answering 404.
+_ID_MIN, _ID_MAX = -(2**63), 2**63 - 1
+SnapshotId = Annotated[int, Path(ge=_ID_MIN, le=_ID_MAX)]
+RunId = Annotated[int, Path(ge=_ID_MIN, le=_ID_MAX)]
 
 router = APIRouter(prefix="/api/v1", tags=["query"], dependencies=[Depends(require_reader)])
 router.include_router(query_timeline.router)
@@ -488,7 +494,7 @@ def _snapshot_row(conn: Connection, snapshot_id: int) -> Any:
 
 
 @router.get("/snapshots/{snapshot_id}")
-def get_snapshot(request: Request, snapshot_id: int) -> SnapshotInfo:
+def get_snapshot(request: Request, snapshot_id: SnapshotId) -> SnapshotInfo:
     with request.app.state.engine.connect() as conn:
         return _snapshot_info(_snapshot_row(conn, snapshot_id))
 
@@ -504,7 +510,7 @@ def _content(conn: Connection, snapshot_id: int) -> tuple[Any, bytes | None]:
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def get_snapshot_content(request: Request, snapshot_id: int) -> Response:
+def get_snapshot_content(request: Request, snapshot_id: SnapshotId) -> Response:
     """The exact bytes of that version; 404 if only its size and time are known."""
     with request.app.state.engine.connect() as conn:
         _, data = _content(conn, snapshot_id)
@@ -542,8 +548,12 @@ def unified_diff(old: str, new: str, old_label: str, new_label: str) -> str:
 )
 def get_diff(
     request: Request,
-    from_id: Annotated[int, Query(alias="from", description="snapshot id (old)")],
-    to_id: Annotated[int, Query(alias="to", description="snapshot id (new)")],
+    from_id: Annotated[
+        int, Query(alias="from", ge=_ID_MIN, le=_ID_MAX, description="snapshot id (old)")
+    ],
+    to_id: Annotated[
+        int, Query(alias="to", ge=_ID_MIN, le=_ID_MAX, description="snapshot id (new)")
+    ],
 ) -> PlainTextResponse:
     """Unified diff between two versions (any two snapshots); empty when identical.
     404 for an unknown id, 422 when either is metadata-only or binary."""
@@ -577,7 +587,7 @@ def _snapshot_with_hash(conn: Connection, run: Any, sha256: str) -> int | None:
 
 
 @router.get("/runs/{run_id}")
-def get_run(request: Request, run_id: int) -> RunDetail:
+def get_run(request: Request, run_id: RunId) -> RunDetail:
     """Everything known about one process run, with the exact code state it used."""
     with request.app.state.engine.connect() as conn:
         run = conn.execute(
