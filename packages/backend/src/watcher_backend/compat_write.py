@@ -17,6 +17,9 @@ import json
 import posixpath
 import re
 import shlex
+import sqlite3
+import threading
+import weakref
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -166,6 +169,38 @@ _EXISTING_SQL = (
 _EXISTING_SQL_PG = _EXISTING_SQL.replace("?", "%s")
 
 
+# engine -> thread id -> a detached DBAPI connection kept for _existing_sqlite.
+_READERS: weakref.WeakKeyDictionary[Engine, dict[int, Any]] = weakref.WeakKeyDictionary()
+
+
+def _existing_sqlite(engine: Engine, params: tuple[str, ...]) -> list[str] | None:
+    """``_EXISTING_SQL`` on a per-thread autocommit SQLite connection, or None on error.
+
+    The pooled path (checkout, BEGIN, ROLLBACK on return) cost ~200 µs of CPU for a 13 µs
+    query, on every old-agent snapshot POST. A single SELECT in autocommit mode is its
+    own read transaction, so it sees every committed write like the pooled path did.
+    On any driver error the connection is dropped and None makes the caller take the
+    pooled path, whose errors are SQLAlchemy's (answered 503 by the app).
+    """
+    db = engine.url.database or ""
+    if db in ("", ":memory:") or "mode=memory" in db:
+        return None  # a detached in-memory connection would be a different database
+    per_thread = _READERS.setdefault(engine, {})
+    tid = threading.get_ident()
+    conn: Any = per_thread.get(tid)
+    try:
+        if conn is None:
+            fairy = engine.raw_connection()  # with the engine's connect-time pragmas
+            fairy.detach()  # ours for good: the pool neither resets nor reuses it
+            conn = per_thread[tid] = fairy.dbapi_connection
+        return [row[0] for row in conn.execute(_EXISTING_SQL, params)]
+    except sqlite3.Error:
+        per_thread.pop(tid, None)
+        if conn is not None:
+            conn.close()
+        return None
+
+
 def resolve_compat_filename(
     engine: Engine, class_div: str, hw: str, student_id: str, name: str
 ) -> str | None:
@@ -182,9 +217,11 @@ def resolve_compat_filename(
     # One driver-level statement instead of four ORM lookups: this runs on every old-agent
     # snapshot POST, and building the ORM statements cost ~1.5 ms of CPU per request.
     params = (student_id, hw, name, class_div)  # in placeholder order
-    with engine.connect() as conn:
-        sql = _EXISTING_SQL if conn.dialect.paramstyle == "qmark" else _EXISTING_SQL_PG
-        existing = [row[0] for row in conn.exec_driver_sql(sql, params)]
+    existing = _existing_sqlite(engine, params) if engine.dialect.name == "sqlite" else None
+    if existing is None:
+        with engine.connect() as conn:
+            sql = _EXISTING_SQL if conn.dialect.paramstyle == "qmark" else _EXISTING_SQL_PG
+            existing = [row[0] for row in conn.exec_driver_sql(sql, params)]
     for candidate in candidates:
         if candidate in existing:
             return candidate
