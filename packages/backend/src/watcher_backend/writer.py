@@ -65,6 +65,9 @@ class _Item:
 
 
 _STOP = object()
+# Linger before draining the queue only while busy: the previous commit ended this recently.
+_BUSY_S = 0.005
+_LINGER_S = 0.001
 
 
 class _SetwiseFailed(Exception):
@@ -200,12 +203,19 @@ class GroupCommitWriter:
 
     def _loop(self) -> None:
         stopping = False
+        last_end = float("-inf")
         while not stopping:
             first = self._queue.get()
             if first is _STOP:
                 break
             batch: list[_Item] = [first]
             weight = first.weight
+            if time.perf_counter() - last_end < _BUSY_S:
+                # A steady stream of small requests (old agents: one event per POST) made
+                # ~1.5-event commits, and the BEGIN/COMMIT/metrics of each cost more than
+                # the events. Sleeping releases the GIL/core so the event loop can queue
+                # more: compat writes +16% req/s per CPU-second, p99 unchanged (wrk, c=16).
+                time.sleep(_LINGER_S)
             while weight < self.max_batch:
                 try:
                     nxt = self._queue.get_nowait()
@@ -217,6 +227,7 @@ class GroupCommitWriter:
                 batch.append(nxt)
                 weight += nxt.weight
             self._process(batch)
+            last_end = time.perf_counter()
         self._fail_pending()
         self._close()
 
