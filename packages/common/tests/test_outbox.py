@@ -282,3 +282,43 @@ def test_full_disk_ack_gives_up_the_reserve(
     ob.ack([e2.event_id])
     assert reserve.stat().st_size == 64 * 1024
     ob.close()
+
+
+def test_full_small_disk_recovers_after_drain(tmp_path: Path) -> None:
+    """A 4 MB disk filled while nothing is acked (the default 8 MiB reserve cannot fit
+    there): once everything is acked, puts work again, more than once over."""
+    mnt = tmp_path / f"tiny-{uuid.uuid4().hex[:6]}"
+    mnt.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if r.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        ob = Outbox(mnt / "o.db")
+        reserve = mnt / "o.db-reserve"
+        assert 0 < reserve.stat().st_size <= 1 << 20  # a fraction of the free space
+        for _round in range(3):
+            stored = []
+            with pytest.raises(OutboxFull, match="disk is full"):
+                for _ in range(200):
+                    e = snapshot_event()
+                    ob.put(e, os.urandom(MAX_INLINE_CONTENT + 40_000))  # a blob each
+                    stored.append(e.event_id)
+            assert len(stored) >= 10
+            batch = ob.next_batch(1000, 1 << 30)
+            assert [q.event_id for q in batch] == stored
+            for q in batch:  # one by one, as a slow sender would
+                ob.ack([q.event_id])
+            assert ob.stats().events == 0 and ob.stats().bytes == 0
+            ob.put(snapshot_event(), os.urandom(MAX_INLINE_CONTENT + 40_000))
+            ob.put(delete_event())
+            assert ob.stats().events == 2
+            ob.ack([q.event_id for q in ob.next_batch(10, 1 << 30)])
+        wal = mnt / "o.db-wal"
+        assert not wal.exists() or wal.stat().st_size <= 1 << 20
+        ob.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -41,6 +41,8 @@ DEFAULT_DEAD_MAX_EVENTS = 10_000
 DEFAULT_DEAD_MAX_BYTES = 64 << 20
 # Space held back (a plain file next to the database) so acks can proceed on a full disk.
 DEFAULT_RESERVE_BYTES = 8 << 20
+# The reserve never takes more than 1/N of the space free when the outbox opens.
+_RESERVE_FREE_FRACTION = 4
 _SQLITE_FULL = 13
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
@@ -84,6 +86,10 @@ class OutboxError(Exception):
 
 class OutboxFull(OutboxError):
     """Over the byte budget, or the disk itself is full; the event was NOT stored."""
+
+
+class _DiskFull(OutboxFull):
+    """SQLITE_FULL (not the byte budget): a checkpoint may free room."""
 
 
 class OutboxLocked(OutboxError):
@@ -176,6 +182,7 @@ class Outbox:
         self.reserve_bytes = reserve_bytes
         self._reserve_path = self.path.with_name(self.path.name + "-reserve")
         self._reserve_missing_since: float | None = None
+        self._disk_was_full = False  # SQLITE_FULL seen since the queue was last empty
         self.budget_bytes = budget_bytes
         self.dead_max_events = dead_max_events
         self.dead_max_bytes = dead_max_bytes
@@ -219,11 +226,17 @@ class Outbox:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        # The reserve is at most a fraction of the free space, so it exists on small disks
+        # too (an 8 MiB reserve on a 4 MB volume never would, and the WAL could then grow
+        # to fill the disk before its first checkpoint).
+        self._reserve_size = self._pick_reserve_size()
         # Keep the WAL well below the reserve, so giving the reserve up always leaves
-        # enough room to checkpoint it (see _retry_full).
+        # enough room to checkpoint it (see _retry_full); and truncate it back to that
+        # size after each checkpoint, so space a burst took is handed back.
         page_size = int(db.execute("PRAGMA page_size").fetchone()[0])
-        pages = max(16, min(1000, self.reserve_bytes // page_size // 2))
+        pages = max(16, min(1000, self._reserve_size // page_size // 2))
         db.execute(f"PRAGMA wal_autocheckpoint={pages}")
+        db.execute(f"PRAGMA journal_size_limit={pages * page_size}")
         if not self._make_reserve():
             self._reserve_missing_since = time.monotonic()
         row = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events").fetchone()
@@ -252,8 +265,9 @@ class Outbox:
                 raise
         except sqlite3.Error as exc:
             if _is_full(exc):
+                self._disk_was_full = True
                 self._shrink_wal()
-                raise OutboxFull(f"outbox disk is full ({self.path.parent})") from exc
+                raise _DiskFull(f"outbox disk is full ({self.path.parent})") from exc
             raise
 
     def _shrink_wal(self) -> None:
@@ -267,34 +281,52 @@ class Outbox:
         """Run a write that frees space (ack/reject/defer), even on a full disk.
 
         Deleting rows still needs WAL space; when the disk is full we give up the reserve
-        file, fold the WAL into the database and try once more. Without this an outbox on a
-        full disk could never shrink again: the sender would resend the same events forever.
+        file (if there is one), fold the WAL into the database and try once more. Without
+        this an outbox on a full disk could never shrink again: the sender would resend the
+        same events forever.
         """
         try:
             result = fn()
         except OutboxFull:
-            if not self._release_reserve():
-                raise
-            self._shrink_wal()
+            self._checkpoint_truncate(remake_reserve=False)
             result = fn()
         self._restore_reserve()
         return result
 
-    def _make_reserve(self) -> bool:
+    def _free_bytes(self) -> int | None:
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def _pick_reserve_size(self) -> int:
+        """min(reserve_bytes, a quarter of the space free now, counting our own reserve)."""
         if self.reserve_bytes <= 0:
+            return 0
+        free = self._free_bytes()
+        if free is None:
+            return self.reserve_bytes
+        with contextlib.suppress(OSError):
+            free += self._reserve_path.stat().st_size
+        return max(0, min(self.reserve_bytes, free // _RESERVE_FREE_FRACTION))
+
+    def _make_reserve(self) -> bool:
+        size = self._reserve_size
+        if size <= 0:
             return True
         path = self._reserve_path
         try:
-            if path.exists() and path.stat().st_size >= self.reserve_bytes:
+            if path.exists() and path.stat().st_size >= size:
                 return True
             with open(path, "wb") as f:
                 try:
-                    os.posix_fallocate(f.fileno(), 0, self.reserve_bytes)
+                    os.posix_fallocate(f.fileno(), 0, size)
                 except OSError as exc:
                     if exc.errno == errno.ENOSPC:
                         raise
                     chunk = bytes(64 * 1024)  # filesystem without fallocate (e.g. old NFS)
-                    for _ in range(0, self.reserve_bytes, len(chunk)):
+                    for _ in range(0, size, len(chunk)):
                         f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
@@ -317,6 +349,36 @@ class Outbox:
         if since is None or time.monotonic() - since < 30:
             return
         self._shrink_wal()
+        self._reserve_missing_since = None if self._make_reserve() else time.monotonic()
+
+    def _checkpoint_truncate(self, *, remake_reserve: bool) -> None:
+        """Fold the whole WAL into the database and cut the WAL file to zero (best effort).
+
+        Needs room for the database to grow by what the WAL holds beyond its end: that is
+        what the reserve is for, so it is given up first. With ``remake_reserve`` it is
+        taken back at once if the truncated WAL left room (a put must not eat the space
+        that lets acks proceed on a full disk).
+        """
+        released = self._release_reserve()
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        if remake_reserve and (released or self._reserve_missing_since is not None):
+            self._reserve_missing_since = None if self._make_reserve() else time.monotonic()
+
+    def _compact_if_drained(self, removed: int) -> None:
+        """Queue just emptied after a full disk: hand the space back (caller holds the lock).
+
+        The acked data still fills the database file as free pages (and the WAL), so new
+        puts would find the disk as full as before. An empty queue is cheap to VACUUM; the
+        TRUNCATE checkpoints then shrink both files, and the reserve is taken back.
+        """
+        if not removed or self._events or not self._disk_was_full:
+            return
+        self._disk_was_full = False
+        self._checkpoint_truncate(remake_reserve=False)
+        with contextlib.suppress(sqlite3.Error):
+            self._db.execute("VACUUM")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         self._reserve_missing_since = None if self._make_reserve() else time.monotonic()
 
     def add_listener(self, callback: Callable[[], None]) -> None:
@@ -350,7 +412,14 @@ class Outbox:
         if not prepared:
             return
         with self._lock:
-            self._put_locked(prepared)
+            try:
+                self._put_locked(prepared)
+            except _DiskFull:
+                # All the space may sit in the WAL (data since acked, not yet
+                # checkpointed): give up the reserve, checkpoint, and try once more.
+                self._checkpoint_truncate(remake_reserve=True)
+                self._put_locked(prepared)
+            self._restore_reserve()
             listeners = list(self._listeners)
         for callback in listeners:
             callback()
@@ -446,6 +515,7 @@ class Outbox:
                 self._in_flight.difference_update(event_ids)
             self._events -= removed
             self._bytes -= freed
+            self._compact_if_drained(removed)
 
     def _ack_locked(self, event_ids: Sequence[str]) -> tuple[int, int]:
         with self._tx() as db:
@@ -470,6 +540,7 @@ class Outbox:
             self._bytes -= freed
             self._dead += dead_added - trimmed
             self._dead_bytes += dead_bytes - trimmed_bytes
+            self._compact_if_drained(removed)
 
     def _reject_locked(
         self, items: Sequence[tuple[str, str]]
