@@ -28,6 +28,7 @@ import itertools
 import logging
 import math
 import os
+import sqlite3
 import stat
 import time
 from collections.abc import Callable, Sequence
@@ -240,6 +241,8 @@ class Capturer:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf
         self._sink_degraded = False
+        self._state_failed = False  # the last state db write failed (full disk)
+        self._state_retry: asyncio.TimerHandle | None = None
 
     # ---- wiring ---------------------------------------------------------------------
 
@@ -250,6 +253,9 @@ class Capturer:
     def detach(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._state_retry is not None:
+            self._state_retry.cancel()
+            self._state_retry = None
         self._timer = None
         self._timer_at = math.inf
         self._loop = None
@@ -575,6 +581,8 @@ class Capturer:
 
     def flush(self) -> None:
         if not self._out:
+            if self._state_failed:
+                self._flush_state()
             return
         out, self._out = self._out, []
         try:
@@ -582,9 +590,7 @@ class Capturer:
         except Exception as exc:
             self._sink_failed(out, exc)
             return
-        if self._sink_degraded and self.health is not None:
-            self.health.clear("outbox_full")
-        self._sink_degraded = False
+        sink_recovered, self._sink_degraded = self._sink_degraded, False
         now = self.clock()
         for o in out:
             if o.metric == "rename":
@@ -600,7 +606,41 @@ class Capturer:
                 self.metrics.file_events.labels(event_type=o.metric).inc()
                 if o.first is not None:
                     self.metrics.capture_latency.observe(max(0.0, now - o.first))
-        self.state.flush()
+        self._flush_state(sink_recovered)
+
+    def _flush_state(self, sink_recovered: bool = False) -> None:
+        """Write the version record; a failure (full disk) is kept for a later retry.
+
+        The events are already in the outbox, and the record stays right in memory (the
+        state db keeps the unwritten rows dirty), so a failed write only risks re-emitting
+        versions after a crash: report it like a full outbox instead of raising.
+        """
+        was_degraded = self._state_failed or sink_recovered
+        try:
+            self.state.flush()
+        except (sqlite3.Error, OSError) as exc:
+            if not self._state_failed:
+                log.warning("state db write failed (%s): retrying later", exc)
+            self._state_failed = True
+            self.counters.sink_failures += 1
+            if self.metrics is not None:
+                self.metrics.outbox_full.inc()  # same disk, same remedy: counted alike
+            if self.health is not None:
+                self.health.set_degraded("outbox_full", f"state db: {exc}"[:200])
+            loop = self._loop
+            if loop is not None and self._state_retry is None:
+                self._state_retry = loop.call_later(
+                    self.settings.retry_after_full_s, self._retry_state
+                )
+            return
+        self._state_failed = False
+        if was_degraded and not self._sink_degraded and self.health is not None:
+            self.health.clear("outbox_full")
+
+    def _retry_state(self) -> None:
+        self._state_retry = None
+        if self._state_failed:
+            self.flush()
 
     def _sink_failed(self, out: list[_Out], exc: Exception) -> None:
         self.counters.sink_failures += 1

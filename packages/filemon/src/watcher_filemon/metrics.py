@@ -61,7 +61,8 @@ class FilemonMetrics:
         )
         self.outbox_full = Counter(
             "watcher_filemon_outbox_full",
-            "Times the outbox refused a batch (retried later)",
+            "Times the outbox refused a batch, or the state db next to it could not be written"
+            " (retried later)",
             registry=reg,
         )
         for t in EVENT_TYPES:

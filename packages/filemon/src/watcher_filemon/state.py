@@ -166,7 +166,10 @@ class StateDB:
                 )
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # A failed COMMIT (SQLITE_FULL) may already have ended the transaction: an
+            # unconditional ROLLBACK would then raise and hide the real error.
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             self._dirty = {**dirty, **self._dirty}
             self._cells_dirty = {**cells, **self._cells_dirty}
             raise
