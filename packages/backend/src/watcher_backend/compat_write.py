@@ -310,10 +310,15 @@ def _invalid(exc: ValidationError) -> HTTPException:
     return HTTPException(422, f"invalid event: {errors}")
 
 
-@router.post("/api/{class_div}/{hw_name}/{student_id}/logs/build", response_model=Message)
-async def post_build_log(
-    request: Request, class_div: str, hw_name: str, student_id: str, body: BuildLogIn
-) -> Message:
+async def _register_log(
+    request: Request,
+    kind: Literal["build", "run"],
+    class_div: str,
+    hw_name: str,
+    student_id: str,
+    body: BuildLogIn | RunLogIn,
+) -> None:
+    """Shared by the build and run log writes: link the source, build the event, submit."""
     check_identity(class_div, student_id, hw_name)
     source = await run_in_threadpool(
         source_of,
@@ -325,10 +330,17 @@ async def post_build_log(
         body.target_path,
     )
     try:
-        event = _run_event("build", class_div, hw_name, student_id, body, source)
+        event = _run_event(kind, class_div, hw_name, student_id, body, source)
     except ValidationError as exc:
         raise _invalid(exc) from None
     await _submit(request, event)
+
+
+@router.post("/api/{class_div}/{hw_name}/{student_id}/logs/build", response_model=Message)
+async def post_build_log(
+    request: Request, class_div: str, hw_name: str, student_id: str, body: BuildLogIn
+) -> Message:
+    await _register_log(request, "build", class_div, hw_name, student_id, body)
     return Message(message="Build log registered successfully")
 
 
@@ -336,21 +348,7 @@ async def post_build_log(
 async def post_run_log(
     request: Request, class_div: str, hw_name: str, student_id: str, body: RunLogIn
 ) -> Message:
-    check_identity(class_div, student_id, hw_name)
-    source = await run_in_threadpool(
-        source_of,
-        request.app.state.engine,
-        class_div,
-        hw_name,
-        student_id,
-        body.cwd,
-        body.target_path,
-    )
-    try:
-        event = _run_event("run", class_div, hw_name, student_id, body, source)
-    except ValidationError as exc:
-        raise _invalid(exc) from None
-    await _submit(request, event)
+    await _register_log(request, "run", class_div, hw_name, student_id, body)
     return Message(message="Run log registered successfully")
 
 
