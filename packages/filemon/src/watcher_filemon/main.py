@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from prometheus_client import REGISTRY
 
 from watcher_common.agent_config import ConfigError
-from watcher_common.agent_http import AgentHttpServer, Health
+from watcher_common.agent_http import AgentHttpServer
+from watcher_common.agent_runtime import AgentRuntime
 from watcher_common.logs import setup_logging
-from watcher_common.outbox import Outbox
-from watcher_common.sender import Sender
 from watcher_filemon.agent import Filemon, agent_version
 from watcher_filemon.config import ENV_HELP, FilemonConfig
 from watcher_filemon.metrics import FilemonMetrics
@@ -28,16 +27,9 @@ SHUTDOWN_BUDGET_S = 4.5  # SIGTERM → exit within 5 s
 
 
 async def run(cfg: FilemonConfig) -> None:
-    outbox = Outbox(cfg.outbox_path, budget_bytes=cfg.agent.outbox_budget_bytes)
-    health = Health("watcher-filemon", info=lambda: {"outbox_events": outbox.stats().events})
+    rt = AgentRuntime.open("watcher-filemon", cfg.agent, cfg.outbox_path, agent_version(), REGISTRY)
+    outbox, health, sender = rt.outbox, rt.health, rt.sender
     metrics = FilemonMetrics(REGISTRY)
-    sender = Sender(
-        outbox,
-        cfg.agent.api_server,
-        cfg.agent.agent_token,
-        registry=REGISTRY,
-        user_agent=f"watcher-filemon/{agent_version()}",
-    )
     http = AgentHttpServer(health, REGISTRY, port=cfg.agent.metrics_port).start()
     filemon = Filemon(cfg, outbox, metrics=metrics, health=health)
     loop = asyncio.get_running_loop()

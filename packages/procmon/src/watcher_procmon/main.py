@@ -26,10 +26,9 @@ from prometheus_client import REGISTRY
 
 from watcher_common.agent_config import AgentSettings, ConfigError
 from watcher_common.agent_http import AgentHttpServer, Health
+from watcher_common.agent_runtime import AgentRuntime
 from watcher_common.identity import IdentityConfig
 from watcher_common.logs import setup_logging
-from watcher_common.outbox import Outbox
-from watcher_common.sender import Sender
 from watcher_common.wire import Event, dump_event
 from watcher_procmon.agent import Pipeline, agent_version
 from watcher_procmon.metrics import KernelCollector, ProcmonMetrics
@@ -153,16 +152,9 @@ class TracerLoop:
 
 
 async def run(cfg: ProcmonConfig, tracer: Tracer) -> int:
-    outbox = Outbox(cfg.outbox_path, budget_bytes=cfg.agent.outbox_budget_bytes)
-    health = Health("watcher-procmon", info=lambda: {"outbox_events": outbox.stats().events})
+    rt = AgentRuntime.open("watcher-procmon", cfg.agent, cfg.outbox_path, agent_version(), REGISTRY)
+    outbox, health, sender = rt.outbox, rt.health, rt.sender
     metrics = ProcmonMetrics(REGISTRY)
-    sender = Sender(
-        outbox,
-        cfg.agent.api_server,
-        cfg.agent.agent_token,
-        registry=REGISTRY,
-        user_agent=f"watcher-procmon/{agent_version()}",
-    )
     pipeline = Pipeline(
         outbox, node=cfg.agent.node_name, identity=cfg.identity, metrics=metrics, health=health
     )
