@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, ingest, ops, ui
 from .auth import TokenTable
+from .compat_fast import CompatWriteFastPath
 from .config import Settings
 from .db.engine import make_engine, migrate
 from .limits import BodyLimitMiddleware
@@ -37,7 +38,9 @@ def _optional_router(module: str) -> Any | None:
     return importlib.import_module(module).router
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, compat_fast_path: bool = True) -> FastAPI:
+    """The app; ``compat_fast_path=False`` leaves the old-API writes to their FastAPI routes
+    only (tests compare both)."""
     settings = Settings.from_env() if settings is None else settings
     metrics = Metrics()
 
@@ -91,7 +94,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     flatten_routes(app)  # one linear match per request (FastAPI nests included routers)
 
     _install_error_handlers(app)
-    # Last added runs first: metrics see every response, including the limit's 413s.
+    # Last added runs first: metrics see every response, including the limit's 413s; the
+    # compat write fast path runs inside both (limited and counted like the routes).
+    app.add_middleware(CompatWriteFastPath, enabled=compat_fast_path)
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
