@@ -101,8 +101,16 @@ class SnapshotRow(Base):
     __tablename__ = "snapshots"
     __table_args__ = (
         Index("ix_snapshots_file_ts", "file_id", "ts_us"),
-        # size: per-student means and latest times are index-only (compat aggregates)
-        Index("ix_snapshots_asg_student_ts_size", "assignment_id", "student_pk", "ts_us", "size"),
+        # size: per-student means and latest times are index-only (compat aggregates);
+        # id: the timeline's (ts, id) order (migration 0007)
+        Index(
+            "ix_snapshots_asg_student_ts_id_size",
+            "assignment_id",
+            "student_pk",
+            "ts_us",
+            "id",
+            "size",
+        ),
         Index("ix_snapshots_asg_ts", "assignment_id", "ts_us"),
         # nearest-rank percentiles walk sizes in order instead of sorting (migration 0002)
         Index("ix_snapshots_asg_size", "assignment_id", "size"),
