@@ -145,12 +145,58 @@ def test_path_mismatch_is_still_flagged() -> None:
 # ---- the per-namespace cache, on real processes -------------------------------------------
 
 
-def test_no_workspace_mounted_is_not_cached() -> None:
+def test_no_workspace_mounted_is_read_again_only_after_a_mount(tmp_path: Path) -> None:
+    """A pod that mounts its workspace itself: "none" is cached until its mount table
+    changes, then the mount is seen at the next exec."""
+    if os.geteuid() != 0:
+        pytest.skip("mount namespaces need root; CI runs as root")
+    ws = tmp_path / "codes" / "os-1-202600001"
+    ws.mkdir(parents=True)
+    script = (
+        f"set -e; mount -t tmpfs tmpfs /home; mkdir -p {PROJECT}; echo ready; read x; "
+        f'mount --bind "$1" {PROJECT}; echo mounted; exec sleep 30'
+    )
+    p = subprocess.Popen(
+        ["unshare", "--mount", "--fork", "sh", "-c", script, "sh", str(ws)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    assert p.stdin is not None and p.stdout is not None
+    ns = Namespaces()
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        shell = int(Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()[0])
+        for _ in range(3):
+            assert ns.workspace(_exec(shell)) is None
+        assert ns.mountinfo_reads == 1
+        p.stdin.write(b"\n")
+        p.stdin.flush()
+        assert p.stdout.readline() == b"mounted\n"
+        sleeper = int(Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()[0])
+        assert ns.workspace(_exec(sleeper)) == ME
+        assert ns.workspace(_exec(sleeper)) == ME
+        assert ns.mountinfo_reads == 2
+    finally:
+        ns.close()
+        with contextlib.suppress(ProcessLookupError, ValueError, IndexError, OSError):
+            kids = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+            for kid in kids:
+                os.kill(int(kid), signal.SIGKILL)
+        p.kill()
+        p.wait()
+        p.stdin.close()
+        p.stdout.close()
+
+
+def test_host_namespace_without_a_workspace_is_read_once() -> None:
     ns = Namespaces()
     me = os.getpid()
-    assert ns.workspace(_exec(me)) is None
-    assert ns.workspace(_exec(me)) is None
-    assert ns.mountinfo_reads == 2
+    try:
+        assert ns.workspace(_exec(me)) is None
+        assert ns.workspace(_exec(me)) is None
+        assert ns.mountinfo_reads == 1
+    finally:
+        ns.close()
 
 
 @pytest.fixture
@@ -206,6 +252,21 @@ def test_a_dead_anchor_forces_a_fresh_read(pod: tuple[subprocess.Popen[bytes], i
     gone = _exec(os.getpid(), mntns=mntns)
     assert ns.workspace(gone) is None
     assert ns.mountinfo_reads == 1
+    assert ns.cached() == 0  # and its fds are closed: the namespace is not kept alive
+
+
+def test_sweep_closes_entries_whose_anchor_exited(
+    pod: tuple[subprocess.Popen[bytes], int],
+) -> None:
+    _, sleeper = pod
+    ns = Namespaces()
+    assert ns.workspace(_exec(sleeper)) == ME
+    assert ns.sweep(now=time.monotonic() + 10) == 0 and ns.cached() == 1
+    os.kill(sleeper, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{sleeper}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ns.sweep(now=time.monotonic() + 100) == 1 and ns.cached() == 0
 
 
 def test_peers_keep_the_oldest_survivors_and_forget_exits() -> None:

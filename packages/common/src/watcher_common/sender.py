@@ -111,6 +111,7 @@ class Sender:
         # asyncio objects are bound to the loop that runs us; made in _attach().
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
+        self._wake_pending = False  # a _wake_up is scheduled on the loop, not yet run
         self._stop_event: asyncio.Event | None = None
         self._done: asyncio.Event | None = None
         self._task: asyncio.Task[Any] | None = None
@@ -123,17 +124,26 @@ class Sender:
     def _attach(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self._wake_pending = False
         self._stop_event = asyncio.Event()
         self._done = asyncio.Event()
         self._outbox.add_listener(self._notify)
 
     def _notify(self) -> None:
-        """Called by ``Outbox.put`` from any thread."""
+        """Called by ``Outbox.put`` from any thread, after its commit."""
         loop, wake = self._loop, self._wake
-        if loop is None or wake is None:
+        if loop is None or wake is None or self._wake_pending:
+            # a wake-up already scheduled runs after this commit and reads it: waking the
+            # loop (a write to its self-pipe) once per put would cost more than the put
             return
+        self._wake_pending = True
         with contextlib.suppress(RuntimeError):  # loop already closed
-            loop.call_soon_threadsafe(wake.set)
+            loop.call_soon_threadsafe(self._wake_up)
+
+    def _wake_up(self) -> None:
+        self._wake_pending = False  # before set(): a later put schedules its own wake-up
+        if self._wake is not None:
+            self._wake.set()
 
     def _client(self) -> httpx.AsyncClient:
         headers = {"User-Agent": self._user_agent}

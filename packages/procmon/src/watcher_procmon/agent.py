@@ -3,7 +3,9 @@
 Single-threaded by design (the tracer thread calls :meth:`Pipeline.feed` in ring buffer
 order): an exec's sources are read when its exec arrives, a build's stderr is complete
 when its driver's exit arrives (its children wrote and exited before it), and the run is
-put into the sink then.
+put into the sink then. :meth:`Pipeline.feed_many` (one ring buffer read) writes all the
+events it produces in one outbox transaction: one fsync per read instead of one per event,
+and an event counts (metrics, dedup memory) once that transaction has committed.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Protocol
 
-from watcher_common.identity import DEFAULT, IdentityConfig, NotStudent
+from watcher_common.identity import DEFAULT, IdentityConfig, NotStudent, Workspace
 from watcher_common.outbox import OutboxFull
 from watcher_common.wire import Event
 from watcher_procmon.classify import Classification, classify
@@ -31,6 +34,11 @@ from watcher_procmon.to_wire import Origin, origin, process_run, snapshot
 log = logging.getLogger("watcher_procmon.agent")
 
 SNAPSHOT_MEMORY = 4096  # (student, assignment, path) -> last sha sent: repeats are skipped
+# Students run the same commands in the same directories over and over: classification
+# and attribution are pure functions of the exec's fields, so their answers are memoised
+# (bounded; emptied when full). Long command lines are not worth keeping.
+MEMO_ENTRIES = 2048
+MEMO_MAX_ARGV = 4096
 
 
 def agent_version() -> str:
@@ -42,6 +50,20 @@ def agent_version() -> str:
 
 class Sink(Protocol):
     def put(self, event: Event, content: bytes | None = None) -> None: ...
+
+
+class BatchSink(Sink, Protocol):
+    """A sink that stores several events at once, all or none (the outbox)."""
+
+    def put_many(self, items: Iterable[Event | tuple[Event, bytes | None]]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Put:
+    event: Event
+    content: bytes | None
+    done: Callable[[], None] | None  # after it is stored
+    failed: Callable[[], None] | None  # when the sink refused it (OutboxFull)
 
 
 class HealthLike(Protocol):
@@ -59,6 +81,15 @@ class _Pending:
 
 def _boot_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def _since(boot_ns: int) -> float:
+    """Seconds from a kernel timestamp to now."""
+    return max(0, _boot_ns() - boot_ns) / 1e9
+
+
+class _Inc(Protocol):
+    def inc(self, amount: float = 1) -> None: ...
 
 
 class Pipeline:
@@ -88,6 +119,25 @@ class Pipeline:
         self._sent: OrderedDict[tuple[str, str, str, str], str] = OrderedDict()
         self.runs = 0
         self.snapshots = 0
+        # set inside feed_many: puts wait there and are stored together
+        self._batch: list[_Put] | None = None
+        self._after_batch: list[Callable[[], None]] = []
+        put_many = getattr(sink, "put_many", None)
+        self._put_many: Callable[[Sequence[tuple[Event, bytes | None]]], None] | None = (
+            put_many if callable(put_many) else None
+        )
+        # per-label children looked up once: .labels() hashes and locks on every call
+        m = self.metrics
+        self._hashed = m.sources.labels(outcome="hashed")
+        self._drop_invalid = m.dropped.labels(reason="invalid")
+        self._drop_child = m.dropped.labels(reason="build_child")
+        self._drop_not_student = m.dropped.labels(reason="not_student")
+        self._drop_full = m.dropped.labels(reason="outbox_full")
+        self._by_name: dict[str, _Inc] = {}
+        self._classes: dict[tuple[str, tuple[str, ...], str], Classification] = {}
+        self._origins: dict[
+            tuple[str, str, tuple[str, ...], Workspace | None], Origin | NotStudent
+        ] = {}
 
     # ---- input ----------------------------------------------------------------------
 
@@ -105,18 +155,62 @@ class Pipeline:
         elif isinstance(ev, ExitEvent):
             self.namespaces.exit(ev.tgid)
 
+    def feed_many(self, events: Iterable[KernelEvent]) -> None:
+        """Feed a ring buffer read; the events it produces go to the sink in one write."""
+        self._batch = []
+        try:
+            for ev in events:
+                self.feed(ev)
+        finally:
+            batch, self._batch = self._batch, None
+            self._store(batch)
+        self.namespaces.sweep()
+
     def flush(self) -> None:
         """At shutdown: runs of processes still running (no end known)."""
-        for rec in self.pairer.flush():
-            self._on_record(rec)
+        self._batch = []
+        try:
+            for rec in self.pairer.flush():
+                self._on_record(rec)
+        finally:
+            batch, self._batch = self._batch, None
+            self._store(batch)
+
+    def close(self) -> None:
+        """Release the fds the namespace cache holds."""
+        self.namespaces.close()
 
     # ---- exec: classify, attribute, capture sources -----------------------------------
 
+    def _classify(self, ev: ExecEvent) -> Classification:
+        if ev.argv_len > MEMO_MAX_ARGV:
+            return classify(ev.exe, ev.argv, ev.filename)
+        key = (ev.exe, ev.argv, ev.filename)
+        cls = self._classes.get(key)
+        if cls is None:
+            cls = classify(ev.exe, ev.argv, ev.filename)
+            if len(self._classes) >= MEMO_ENTRIES:
+                self._classes.clear()
+            self._classes[key] = cls
+        return cls
+
+    def _origin(
+        self, ev: ExecEvent, paths: list[str], mounted: Workspace | None
+    ) -> Origin | NotStudent:
+        key = (ev.nodename, ev.cwd, tuple(paths), mounted)
+        org = self._origins.get(key)
+        if org is None:
+            org = origin(ev.nodename, ev.cwd, paths, self.identity, mounted)
+            if len(self._origins) >= MEMO_ENTRIES:
+                self._origins.clear()
+            self._origins[key] = org
+        return org
+
     def _on_exec(self, ev: ExecEvent) -> None:
-        cls = classify(ev.exe, ev.argv, ev.filename)
+        cls = self._classify(ev)
         paths = [p for s in cls.sources if (p := container_path(ev.cwd, s))]
         mounted = self.namespaces.workspace(ev)
-        org = origin(ev.nodename, ev.cwd, paths, self.identity, mounted)
+        org = self._origin(ev, paths, mounted)
         if isinstance(org, Origin) and org.mismatch_cause is not None:
             self._mismatch(ev, org)
         reads: list[SourceRead] = []
@@ -161,26 +255,42 @@ class Pipeline:
     def _snapshots(self, ev: ExecEvent, org: Origin, reads: list[SourceRead]) -> None:
         start = self.pairer.clock.to_utc(ev.ts_ns)
         for r in reads:
-            self.metrics.sources.labels(outcome="hashed" if r.sha256 else r.status).inc()
+            if r.sha256:
+                self._hashed.inc()
+            else:
+                self.metrics.sources.labels(outcome=r.status).inc()
             try:
                 snap = snapshot(r, org, start, self.node, self.version, self.identity)
             except ValueError:  # e.g. a name that is not valid UTF-8
-                self.metrics.dropped.labels(reason="invalid").inc()
+                self._drop_invalid.inc()
                 continue
             if snap is None:
                 continue
             key = (snap.class_div, snap.student_id, snap.assignment, snap.path)
-            if self._sent.get(key) == snap.sha256:
+            sha = snap.sha256 or ""
+            if self._sent.get(key) == sha:
                 self._sent.move_to_end(key)
                 continue  # unchanged since we last sent it: the run's hash points at it
-            if self._put(snap, r.content):
-                self._sent[key] = snap.sha256 or ""
-                self._sent.move_to_end(key)
-                if len(self._sent) > SNAPSHOT_MEMORY:
-                    self._sent.popitem(last=False)
-                self.snapshots += 1
+            # remembered at once, so a second compile in the same batch is not sent twice;
+            # forgotten again if the outbox refuses it
+            self._sent[key] = sha
+            self._sent.move_to_end(key)
+            if len(self._sent) > SNAPSHOT_MEMORY:
+                self._sent.popitem(last=False)
+            self._put(snap, r.content, self._count_snapshot, self._unsent(key, sha))
         if reads:
-            self.metrics.exec_to_outbox.observe(max(0, _boot_ns() - ev.ts_ns) / 1e9)
+            ts = ev.ts_ns
+            self._after(lambda: self.metrics.exec_to_outbox.observe(_since(ts)))
+
+    def _count_snapshot(self) -> None:
+        self.snapshots += 1
+
+    def _unsent(self, key: tuple[str, str, str, str], sha: str) -> Callable[[], None]:
+        def forget() -> None:
+            if self._sent.get(key) == sha:
+                del self._sent[key]
+
+        return forget
 
     # ---- end: the run -------------------------------------------------------------------
 
@@ -188,40 +298,97 @@ class Pipeline:
         ev = rec.exec
         p = self.pending.pop(ev.tgid, None)
         if p is None or p.exec_ts != ev.ts_ns:  # not expected: exec always comes first
-            cls = classify(ev.exe, ev.argv, ev.filename)
-            org = origin(ev.nodename, ev.cwd, [], self.identity, self.namespaces.workspace(ev))
+            cls = self._classify(ev)
+            org = self._origin(ev, [], self.namespaces.workspace(ev))
             p = _Pending(ev.ts_ns, cls, org, [])
         build = self.stderr.finish(ev.tgid) if ev.build_tgid == ev.tgid else None
         if ev.build_tgid and ev.build_tgid != ev.tgid:
-            self.metrics.dropped.labels(reason="build_child").inc()
+            self._drop_child.inc()
             return
         if isinstance(p.origin, NotStudent):
-            self.metrics.dropped.labels(reason="not_student").inc()
+            self._drop_not_student.inc()
             return
         try:
             run = process_run(
                 rec, p.cls, p.origin, p.sources, build, self.node, self.version, self.identity
             )
         except ValueError as exc:  # pydantic's ValidationError, undecodable text
-            self.metrics.dropped.labels(reason="invalid").inc()
+            self._drop_invalid.inc()
             log.warning("process record not sendable (%s): %s", p.cls.tool, type(exc).__name__)
             return
         if build is not None:
             self.metrics.diagnostics.inc(len(run.diagnostics))
-        if self._put(run, None):
-            self.runs += 1
-            self.metrics.process_events.labels(process_name=process_name(p.cls, ev.exe)).inc()
-            if rec.end_ns is not None:
-                self.metrics.end_to_outbox.observe(max(0, _boot_ns() - rec.end_ns) / 1e9)
+        counter = self._process_events(process_name(p.cls, ev.exe))
+        end_ns = rec.end_ns
 
-    def _put(self, event: Event, content: bytes | None) -> bool:
+        def stored() -> None:
+            self.runs += 1
+            counter.inc()
+            if end_ns is not None:
+                self.metrics.end_to_outbox.observe(_since(end_ns))
+
+        self._put(run, None, stored)
+
+    def _process_events(self, name: str) -> _Inc:
+        child = self._by_name.get(name)
+        if child is None:
+            child = self._by_name[name] = self.metrics.process_events.labels(process_name=name)
+        return child
+
+    # ---- the sink -----------------------------------------------------------------------
+
+    def _put(
+        self,
+        event: Event,
+        content: bytes | None,
+        done: Callable[[], None] | None = None,
+        failed: Callable[[], None] | None = None,
+    ) -> None:
+        item = _Put(event, content, done, failed)
+        if self._batch is not None:
+            self._batch.append(item)
+        else:
+            self._store([item])
+
+    def _after(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the current batch is stored (at once outside a batch)."""
+        if self._batch is not None:
+            self._after_batch.append(fn)
+        else:
+            fn()
+
+    def _store(self, items: list[_Put]) -> None:
+        after, self._after_batch = self._after_batch, []
+        if len(items) > 1 and self._put_many is not None:
+            try:
+                self._put_many([(i.event, i.content) for i in items])
+            except OutboxFull:
+                # all or none: store what still fits one by one, as unbatched puts would
+                for item in items:
+                    self._store_one(item)
+            else:
+                self._stored(items)
+        else:
+            for item in items:
+                self._store_one(item)
+        for fn in after:
+            fn()
+
+    def _store_one(self, item: _Put) -> None:
         try:
-            self.sink.put(event, content)
+            self.sink.put(item.event, item.content)
         except OutboxFull as exc:
-            self.metrics.dropped.labels(reason="outbox_full").inc()
+            self._drop_full.inc()
+            if item.failed is not None:
+                item.failed()
             if self.health is not None:
                 self.health.set_degraded("outbox_full", str(exc))
-            return False
+            return
+        self._stored([item])
+
+    def _stored(self, items: list[_Put]) -> None:
         if self.health is not None:
             self.health.clear("outbox_full")
-        return True
+        for item in items:
+            if item.done is not None:
+                item.done()

@@ -119,18 +119,19 @@ class TracerLoop:
         next_check = 0.0
         try:
             while not self._stop.is_set():
-                for ev in self.tracer.read_events():
-                    self.pipeline.feed(ev)
+                # one outbox transaction per read, not per event
+                self.pipeline.feed_many(self.tracer.read_events())
                 if time.monotonic() >= next_check:
                     self._check()
                     next_check = time.monotonic() + HEALTH_CHECK_S
-            for ev in self.tracer.read_events(0):  # what arrived before the stop
-                self.pipeline.feed(ev)
+            self.pipeline.feed_many(self.tracer.read_events(0))  # arrived before the stop
             self.pipeline.flush()
             self._check()
         except BaseException as exc:  # surfaced by stop(); the agent exits non-zero
             self.error = exc
             log.exception("tracer loop failed")
+        finally:
+            self.pipeline.close()
 
     def _check(self) -> None:
         c = self.counters = self.tracer.counters()

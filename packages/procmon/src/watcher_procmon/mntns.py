@@ -11,12 +11,15 @@ way. When no configured root is a mount point, or its root does not end in a wor
 name (a whole-volume mount, a differently named export), the workspace is unknown and the
 hostname alone decides, as before.
 
-Mountinfo is read once per namespace and a found workspace cached; the entry is trusted
-while the process it was read from (its *anchor*) is still alive in that namespace: a live
-member keeps the namespace alive, so its inode number (reused once freed) still names the
-same pod. "No workspace" is not cached: a pod that mounts its workspace itself (as the
-tests do) runs commands before the mount exists; in production the runtime mounts it
-before any process starts, so a miss there is a pod without one, read again per exec.
+Mountinfo is read once per namespace and the answer cached while the process it was read
+from (its *anchor*) is alive: a live member keeps the namespace alive, so its inode number
+(reused once freed) still names the same pod. The entry holds the anchor's pidfd (readable
+once it exits: one ``poll`` per exec instead of re-opening ``/proc/<pid>``) and the open
+``mountinfo`` file, which pins the namespace and reports any change to its mount table
+(``POLLPRI``). "No workspace" is cached too, but only until the mount table changes: a pod
+that mounts its workspace itself (as the tests do) runs commands before the mount exists.
+Entries whose anchor exited are closed by :meth:`Namespaces.sweep` (the agent calls it
+every second), so a dead pod's namespace is not kept alive by us.
 """
 
 from __future__ import annotations
@@ -24,14 +27,19 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import select
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from watcher_common.identity import DEFAULT, IdentityConfig, Workspace, parse_workspace_dir
 from watcher_procmon.events import ExecEvent
-from watcher_procmon.sources import open_pid, stand_in
+from watcher_procmon.sources import StandIn, open_pid, stand_in
 
-MAX_NAMESPACES = 1024  # cache entries and peer lists kept (LRU); a node runs far fewer pods
+MAX_NAMESPACES = 1024  # peer lists kept (LRU); a node runs far fewer pods
+# workspace answers kept (LRU): each holds two fds, so well below the usual 1024 fd limit
+MAX_CACHED = 256
+SWEEP_S = 1.0  # how often entries whose anchor exited are closed
 # live processes kept per namespace: the oldest survivors (a shell, the editor's server
 # outlive a build) and the newest
 PEERS_PER_NAMESPACE = 8
@@ -105,11 +113,37 @@ def mounted_workspace(mounts: list[Mount], ident: IdentityConfig = DEFAULT) -> W
     return None
 
 
-@dataclass(frozen=True, slots=True)
 class _Cached:
-    workspace: Workspace
-    anchor_pid: int
-    anchor_ticks: int  # the anchor's start time (clock ticks): tells a recycled pid
+    """One namespace's answer and the two fds that keep it true (see the module doc)."""
+
+    __slots__ = ("anchor_pid", "mountinfo_fd", "pidfd", "poller", "stale", "workspace")
+
+    def __init__(
+        self, workspace: Workspace | None, anchor_pid: int, mountinfo_fd: int, pidfd: int
+    ) -> None:
+        self.workspace = workspace
+        self.anchor_pid = anchor_pid
+        self.mountinfo_fd = mountinfo_fd
+        self.pidfd = pidfd
+        self.stale = False  # the mount table changed since mountinfo was last read
+        self.poller = select.poll()
+        self.poller.register(mountinfo_fd, select.POLLPRI)
+        self.poller.register(pidfd, select.POLLIN)
+
+    def alive(self) -> bool:
+        """Whether the anchor still lives; notes a mount table change in ``stale`` (the
+        kernel reports each change once)."""
+        alive = True
+        for fd, _ in self.poller.poll(0):
+            if fd == self.pidfd:
+                alive = False
+            else:
+                self.stale = True
+        return alive
+
+    def close(self) -> None:
+        os.close(self.mountinfo_fd)
+        os.close(self.pidfd)
 
 
 class Namespaces:
@@ -122,6 +156,7 @@ class Namespaces:
         self._peers: OrderedDict[int, OrderedDict[int, int]] = OrderedDict()
         self._ns_of: dict[int, int] = {}  # tgid -> mntns, to forget it at its exit
         self.mountinfo_reads = 0
+        self._next_sweep = time.monotonic() + SWEEP_S
 
     # ---- live processes -------------------------------------------------------------
 
@@ -177,41 +212,79 @@ class Namespaces:
             return None
         hit = self._cache.get(ev.mntns)
         if hit is not None:
-            live = open_pid(hit.anchor_pid, self.proc, mntns=ev.mntns)
-            if live is not None:
-                os.close(live[0])
-                if live[1] == hit.anchor_ticks:
-                    self._cache.move_to_end(ev.mntns)
-                    return hit.workspace
+            if hit.alive():
+                self._cache.move_to_end(ev.mntns)
+                if hit.workspace is None and hit.stale:
+                    # a found workspace is kept (the first mount wins); a miss is re-read
+                    hit.stale = False
+                    try:
+                        hit.workspace = self._read(hit.mountinfo_fd)
+                    except OSError:
+                        del self._cache[ev.mntns]
+                        hit.close()
+                        return None
+                return hit.workspace
             del self._cache[ev.mntns]
-        found = stand_in(
-            ev.tgid,
-            ev.fork_ns,
-            ppid=ev.ppid,
-            mntns=ev.mntns,
-            peers=self.peers(ev.mntns),
-            proc=self.proc,
-        )
+            hit.close()
+        # the parent first: usually the pod's shell, an anchor that outlives the command
+        found: StandIn | None = None
+        if ev.ppid > 1 and (
+            got := open_pid(ev.ppid, self.proc, born_by_ns=ev.fork_ns, mntns=ev.mntns)
+        ):
+            found = StandIn(ev.ppid, *got, "parent")
+        else:
+            found = stand_in(
+                ev.tgid,
+                ev.fork_ns,
+                mntns=ev.mntns,
+                peers=self.peers(ev.mntns),
+                proc=self.proc,
+            )
         if found is None:
             return None
+        fd = pidfd = -1
         try:
             fd = os.open("mountinfo", os.O_RDONLY | os.O_CLOEXEC, dir_fd=found.pid_fd)
-            try:
-                data = _read_all(fd, MAX_MOUNTINFO)
-            finally:
-                os.close(fd)
+            ws = self._read(fd)
+            pidfd = os.pidfd_open(found.pid)
+            # the pid may have been recycled before pidfd_open: /proc/<pid> opened earlier
+            # answers only while that same process lives
+            os.stat("stat", dir_fd=found.pid_fd)
         except OSError:
+            for f in (fd, pidfd):
+                if f >= 0:
+                    os.close(f)
             return None
         finally:
             os.close(found.pid_fd)
-        self.mountinfo_reads += 1
-        ws = mounted_workspace(parse_mountinfo(data), self.ident)
-        if ws is None:
-            return None
-        self._cache[ev.mntns] = _Cached(ws, found.pid, found.start_ticks)
-        while len(self._cache) > MAX_NAMESPACES:
-            self._cache.popitem(last=False)
+        self._cache[ev.mntns] = _Cached(ws, found.pid, fd, pidfd)
+        while len(self._cache) > MAX_CACHED:
+            self._cache.popitem(last=False)[1].close()
         return ws
+
+    def _read(self, fd: int) -> Workspace | None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        data = _read_all(fd, MAX_MOUNTINFO)
+        self.mountinfo_reads += 1
+        return mounted_workspace(parse_mountinfo(data), self.ident)
+
+    def sweep(self, now: float | None = None) -> int:
+        """Close the entries whose anchor exited (at most every SWEEP_S); how many."""
+        now = time.monotonic() if now is None else now
+        if now < self._next_sweep:
+            return 0
+        self._next_sweep = now + SWEEP_S
+        dead = [ns for ns, c in self._cache.items() if not c.alive()]
+        for ns in dead:
+            self._cache.pop(ns).close()
+        return len(dead)
+
+    def cached(self) -> int:
+        return len(self._cache)
+
+    def close(self) -> None:
+        while self._cache:
+            self._cache.popitem()[1].close()
 
 
 def _read_all(fd: int, limit: int) -> bytes:
