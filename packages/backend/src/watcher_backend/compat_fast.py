@@ -89,6 +89,7 @@ class CompatWriteFastPath:
         # the table is final. ``shadows``: earlier routes that could take the same POST.
         self._routes: list[tuple[Any, APIRoute, Kind]] | None = None
         self._shadows: list[Any] = []
+        self.answered = 0  # requests this path answered itself (the rest went to the routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -167,6 +168,7 @@ class CompatWriteFastPath:
             await self.app(scope, _replay(messages, receive), send)
             return
         scope["route"] = route  # the metrics label: the route's template
+        self.answered += 1
         try:
             outcome = (await app_state.writer.submit_prepared([prepare_event(event)]))[0]
         except WriterStopped:
