@@ -31,9 +31,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from watcher_common.wire import Event, EventResult
 
+from .db.checkpoint import BACKSTOP_PAGES, DEFAULT_PAGES, Checkpointer, wants_checkpointer
 from .db.engine import WRITER_OPTION
 from .db.rawsql import RawSql, raw_for
-from .store import IdCache, Outcome, Prepared, apply_batch, prepare_event, to_result
+from .store import AnyEvent, IdCache, Outcome, Prepared, apply_batch, prepare_event, to_result
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class _SetwiseFailed(Exception):
         self.cause = cause
 
 
-def _db_error_result(ev: Event, exc: BaseException, dbapi: Any) -> Outcome:
+def _db_error_result(ev: AnyEvent, exc: BaseException, dbapi: Any) -> Outcome:
     """The answer for an event the database refused (found by the per-event retry)."""
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     name = type(orig).__name__
@@ -120,6 +121,8 @@ class GroupCommitWriter:
         self._thread: threading.Thread | None = None
         self._conn: Connection | None = None
         self._running = False
+        # SQLite: WAL checkpoints on their own thread, not in this writer's commits
+        self.checkpointer = Checkpointer(engine) if wants_checkpointer(engine) else None
         # counters, written by the writer thread only
         self.commits = 0
         self.rollbacks = 0
@@ -132,6 +135,8 @@ class GroupCommitWriter:
         if self._thread is not None:
             return
         self._running = True
+        if self.checkpointer is not None:
+            self.checkpointer.start()
         self._thread = threading.Thread(target=self._loop, name="watcher-writer", daemon=True)
         self._thread.start()
 
@@ -143,6 +148,8 @@ class GroupCommitWriter:
         self._queue.put(_STOP)
         self._thread.join(timeout)
         self._thread = None
+        if self.checkpointer is not None:
+            self.checkpointer.stop(timeout)
 
     @property
     def running(self) -> bool:
@@ -247,13 +254,25 @@ class GroupCommitWriter:
         if self._conn is None:
             # WRITER_OPTION: BEGIN IMMEDIATE on SQLite (see db.engine)
             self._conn = self.engine.connect().execution_options(**{WRITER_OPTION: True})
+            if self.checkpointer is not None:
+                # only a backstop: the checkpointer thread keeps the WAL short
+                self._set_autocheckpoint(self._conn, BACKSTOP_PAGES)
         return self._conn
+
+    @staticmethod
+    def _set_autocheckpoint(conn: Connection, pages: int) -> None:
+        # on the driver connection: through SQLAlchemy it would open a transaction
+        dbapi_conn: Any = conn.connection.driver_connection
+        dbapi_conn.execute(f"PRAGMA wal_autocheckpoint={int(pages)}").fetchall()
 
     def _close(self) -> None:
         if self._conn is not None:
             try:
+                if self.checkpointer is not None and not self._conn.invalidated:
+                    # the connection goes back to the pool: default autocheckpoint again
+                    self._set_autocheckpoint(self._conn, DEFAULT_PAGES)
                 self._conn.close()
-            except SQLAlchemyError:
+            except (SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error):
                 log.warning("closing the writer connection failed", exc_info=True)
             self._conn = None
 
@@ -275,6 +294,8 @@ class GroupCommitWriter:
                 with conn.begin():
                     self._apply_group(conn, batch, safe=True)
             self.commits += 1
+            if self.checkpointer is not None:
+                self.checkpointer.poke()
         except Exception as exc:
             # The whole transaction is gone: every caller learns it, nothing was stored.
             self.rollbacks += 1
