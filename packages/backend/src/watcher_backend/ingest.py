@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -26,7 +27,8 @@ from .blobs import BlobHashMismatch, PreparedBlob, blob_exists, insert_blob, pre
 from .config import Settings
 from .limits import read_body
 from .ops import Metrics
-from .store import Outcome, Prepared, prepare_event
+from .store import AnyEvent, Outcome, Prepared, prepare_event
+from .wire_fast import decode_batch
 from .writer import GroupCommitWriter
 
 router = APIRouter(tags=["ingest"], dependencies=[Depends(require_agent)])
@@ -75,11 +77,15 @@ class ParsedBatch:
 
 def parse_batch(body: bytes, max_events: int) -> ParsedBatch:
     """Validate a request body; HTTPException for a body that is not a batch at all."""
-    try:
-        # Fast path: the whole body in one pass of pydantic-core (no json.loads dicts).
-        events: list[Event] | None = _BatchBody.model_validate_json(body).events
-    except ValidationError:
-        events = None  # some event (or the body) is bad: find out which, one by one
+    # Fastest: file events only, every one valid (see wire_fast: it accepts no more than
+    # pydantic does, so whatever it refuses is decided below exactly as before).
+    events: Sequence[AnyEvent] | None = decode_batch(body)
+    if events is None:
+        try:
+            # The whole body in one pass of pydantic-core (no json.loads dicts).
+            events = _BatchBody.model_validate_json(body).events
+        except ValidationError:
+            events = None  # some event (or the body) is bad: find out which, one by one
     if events is not None:
         if len(events) > max_events:
             raise _too_many(len(events), max_events)

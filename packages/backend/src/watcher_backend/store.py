@@ -59,6 +59,14 @@ from watcher_common.wire import (
 
 from .blobs import PreparedBlob, pack_blob, sha256_hex
 from .db.rawsql import RawSql, raw_for
+from .wire_fast import FastEvent, FastFileDelete, FastFileRename, FastFileSnapshot
+
+# A wire event as pydantic or, for the common file events, as a wire_fast mirror.
+AnyEvent = Event | FastEvent
+SnapshotEvent = FileSnapshot | FastFileSnapshot
+_SNAPSHOT = (FileSnapshot, FastFileSnapshot)
+_DELETE = (FileDelete, FastFileDelete)
+_RENAME = (FileRename, FastFileRename)
 
 # (event id, status, error): what the writer answers per event. A tuple, not an
 # EventResult: building ~1,000 pydantic models per commit would cost the writer ~5 ms.
@@ -191,19 +199,24 @@ INS_CELL = (
 class Prepared:
     """An event plus what the request thread computed for it (see the module docstring)."""
 
-    event: Event
+    event: AnyEvent
     blob: PreparedBlob | None = None  # verified, compressed inline content
     content_error: str | None = None  # why the inline content is unacceptable
     argv_json: str = ""  # process.run: argv and diagnostics as stored (JSON text)
     diagnostics_json: str = ""
 
 
-def prepare_event(ev: Event) -> Prepared:
+def prepare_event(ev: AnyEvent) -> Prepared:
     """Decode, verify and compress inline content; serialise a run's JSON columns.
 
     Errors are kept, not raised: the writer answers them only after the duplicate and
     identity checks, in the order the agent has always seen.
     """
+    if isinstance(ev, FastFileSnapshot):
+        # msgspec has decoded content_b64 already (as strictly as binascii below)
+        if ev.content is None:
+            return Prepared(ev)
+        return _prepare_content(ev, ev.content)
     if isinstance(ev, FileSnapshot):
         if ev.content_b64 is None:
             return Prepared(ev)
@@ -212,15 +225,7 @@ def prepare_event(ev: Event) -> Prepared:
             data = binascii.a2b_base64(ev.content_b64.encode("ascii"), strict_mode=True)
         except (binascii.Error, ValueError):
             return Prepared(ev, content_error="content_b64 is not valid base64")
-        if len(data) != ev.size:
-            return Prepared(
-                ev, content_error=f"content is {len(data)} bytes but size says {ev.size}"
-            )
-        if ev.sha256 is None:
-            return Prepared(ev, content_error="sha256 is required with content_b64")
-        if sha256_hex(data) != ev.sha256:
-            return Prepared(ev, content_error="content_b64 does not match sha256")
-        return Prepared(ev, blob=pack_blob(ev.sha256, data))
+        return _prepare_content(ev, data)
     if isinstance(ev, ProcessRun):
         return Prepared(
             ev,
@@ -228,6 +233,16 @@ def prepare_event(ev: Event) -> Prepared:
             diagnostics_json=json.dumps([d.model_dump(mode="json") for d in ev.diagnostics]),
         )
     return Prepared(ev)
+
+
+def _prepare_content(ev: SnapshotEvent, data: bytes) -> Prepared:
+    if len(data) != ev.size:
+        return Prepared(ev, content_error=f"content is {len(data)} bytes but size says {ev.size}")
+    if ev.sha256 is None:
+        return Prepared(ev, content_error="sha256 is required with content_b64")
+    if sha256_hex(data) != ev.sha256:
+        return Prepared(ev, content_error="content_b64 does not match sha256")
+    return Prepared(ev, blob=pack_blob(ev.sha256, data))
 
 
 # ---- identity --------------------------------------------------------------------------
@@ -393,7 +408,7 @@ class _Batch:
 
     # -- per kind: every check (raise) first, then writes ----------------------------------
 
-    def snapshot(self, p: Prepared, ev: FileSnapshot) -> None:
+    def snapshot(self, p: Prepared, ev: SnapshotEvent) -> None:
         checked = self.check_student(ev)
         cache = self.cache
         if p.content_error is not None:
@@ -462,7 +477,7 @@ class _Batch:
         )
         self.file_event(ev, state, key, op, ts, snapshot_id=sid)
 
-    def delete(self, ev: FileDelete) -> None:
+    def delete(self, ev: FileDelete | FastFileDelete) -> None:
         cid, spk = self.student(ev, self.check_student(ev))
         key = (spk, self.assignment(cid, ev.assignment), ev.path)
         ts = to_us(ev.ts)
@@ -473,7 +488,7 @@ class _Batch:
             self.set_file(state, deleted=True, last_sha256=state.last_sha256)
         self.file_event(ev, state, key, "delete", ts)
 
-    def rename(self, ev: FileRename) -> None:
+    def rename(self, ev: FileRename | FastFileRename) -> None:
         cid, spk = self.student(ev, self.check_student(ev))
         aid = self.assignment(cid, ev.assignment)
         ts = to_us(ev.ts)
@@ -611,7 +626,7 @@ def apply_batch(conn: Connection, batch: Sequence[Prepared], cache: IdCache) -> 
         ev = p.event
         if ev.event_id in existing:
             continue
-        if isinstance(ev, FileSnapshot):
+        if isinstance(ev, _SNAPSHOT):
             n_snap += 1
             if p.blob is None and ev.sha256 is not None and ev.sha256 not in cache.blob_sizes:
                 unknown_shas.add(ev.sha256)
@@ -632,13 +647,13 @@ def apply_batch(conn: Connection, batch: Sequence[Prepared], cache: IdCache) -> 
             results.append((eid, "duplicate", None))
             continue
         try:
-            if isinstance(ev, FileSnapshot):
+            if isinstance(ev, _SNAPSHOT):
                 b.snapshot(p, ev)
             elif isinstance(ev, ProcessRun):
                 b.run(p, ev)
-            elif isinstance(ev, FileDelete):
+            elif isinstance(ev, _DELETE):
                 b.delete(ev)
-            elif isinstance(ev, FileRename):
+            elif isinstance(ev, _RENAME):
                 b.rename(ev)
             elif isinstance(ev, NotebookCell):
                 b.cell(ev)
