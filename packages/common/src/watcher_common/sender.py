@@ -112,6 +112,9 @@ class Sender:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._wake_pending = False  # a _wake_up is scheduled on the loop, not yet run
+        # False while a batch is out or a backoff runs: run_forever reads the outbox again
+        # before it next waits, so a put then needs no wake-up
+        self._listening = True
         self._stop_event: asyncio.Event | None = None
         self._done: asyncio.Event | None = None
         self._task: asyncio.Task[Any] | None = None
@@ -132,9 +135,12 @@ class Sender:
     def _notify(self) -> None:
         """Called by ``Outbox.put`` from any thread, after its commit."""
         loop, wake = self._loop, self._wake
-        if loop is None or wake is None or self._wake_pending:
-            # a wake-up already scheduled runs after this commit and reads it: waking the
-            # loop (a write to its self-pipe) once per put would cost more than the put
+        if loop is None or wake is None or not self._listening:
+            return  # busy sending or backing off: it reads the outbox again before waiting
+        if wake.is_set() or self._wake_pending:
+            # already woken, or a wake-up is scheduled: either is followed by a read that
+            # sees this commit. Waking the loop thread (a write to its self-pipe, a GIL
+            # hand-over) once per put costs more than the put.
             return
         self._wake_pending = True
         with contextlib.suppress(RuntimeError):  # loop already closed
@@ -163,6 +169,7 @@ class Sender:
         try:
             async with self._client() as client:
                 while True:
+                    self._listening = True  # from here on we may end up waiting: wake us
                     self._wake.clear()  # before reading, so a put after this wakes us
                     # Only a read that began after stop() may end the drain: events put
                     # just before stop() must still go out.
@@ -256,6 +263,7 @@ class Sender:
             return not self._stopping
         if not batch:
             return False
+        self._listening = False  # whatever happens to this batch, we read again after it
         try:
             failure = await self._send_batch(client, batch)
         except (OutboxError, sqlite3.Error) as exc:
