@@ -8,20 +8,35 @@
  *                                 thread group exits (group_dead)
  *   tp_btf/sys_enter           -> pm_stderr records: what compilers (and their children:
  *                                 cc1, as, collect2, ld ...) write to fd 2, bounded per build.
- *                                 Raw sys_enter, not syscalls/sys_enter_write: it needs no
- *                                 tracefs mount; it returns after one compare for every
- *                                 syscall other than write(2). Attached only when
- *                                 userspace enables stderr capture.
+ *                                 Attached only when userspace enables stderr capture.
+ *                                 Why raw sys_enter: fentry/fexit/lsm (trampolines) and
+ *                                 kprobes are refused or absent on the target nodes, and
+ *                                 syscalls/sys_enter_write needs a tracefs mount; measured
+ *                                 here, the syscall-tracing slow path that any syscall hook
+ *                                 switches on costs more than this program's one compare.
+ *
+ * Cost (every exec and exit on the node runs these; bench j measures them):
+ *   - kernel memory is read with direct BTF loads (tp_btf arguments are trusted pointers,
+ *     bpf_rdonly_cast() for the rest), not bpf_probe_read_kernel() per field: a helper call
+ *     costs ~100 ns on the nodes (retpolines, return thunks), a load a few;
+ *   - the config is .rodata, frozen before load: the verifier folds the prefix compare
+ *     into constants and prunes the branches of disabled features;
+ *   - "is this tgid tracked / captured" are two bits per possible pid, in one word: set by
+ *     an exec (an atomic OR), claimed by the exit (an atomic AND that returns the old
+ *     word), so neither takes a lock nor allocates (a hash update or a task-local-storage
+ *     creation per exec cost 1.5-3 us here); only compilers and their children touch the
+ *     capture hash map;
+ *   - path components short enough to live inside the dentry are copied with five word
+ *     loads; only longer ones need bpf_probe_read_kernel_str().
  *
  * Record layout, config and counters: procmon_event.h.
  *
  * Older kernels (< 6.16) have no group_dead argument on sched_process_exit. The fallback
  * there is a second program attached to the same tracepoint that reads
  * task->signal->live (do_exit() decrements it before the tracepoint fires) and treats
- * live == 0 as group_dead; two threads racing to zero are de-duplicated by the
- * bpf_map_delete_elem() on `tracked` below, which succeeds for exactly one of them.
- * It is not built here because this kernel has group_dead and the two cannot share a
- * BTF prototype.
+ * live == 0 as group_dead; two threads racing to zero are de-duplicated by the atomic
+ * AND on the tracked bit below, which returns it set to exactly one of them. It is not built here because this kernel has group_dead and the two
+ * cannot share a BTF prototype.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -42,19 +57,49 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define PM_NR_WRITE 64 /* arm64, riscv and the other asm-generic tables */
 #endif
 
+/* A typed, read-only (fault-safe) view of a kernel address; inlined by the verifier. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+#define AS(type, addr) ((struct type *)bpf_rdonly_cast((void *)(addr), \
+						       bpf_core_type_id_kernel(struct type)))
+
+/*
+ * Written by userspace into the object before load (its own section, so that the map
+ * holds nothing else and userspace can set it whole); read-only for the programs.
+ */
+const volatile struct pm_config cfg SEC(".rodata.cfg") = {};
+
 /* Size set by userspace before load (bpf_map__set_max_entries). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 8 << 20);
 } events SEC(".maps");
 
-/* tgids exec'd in a student container whose exit we still owe. */
+/* PID_MAX_LIMIT on 64-bit (pid_max cannot be raised above it): no tgid is larger. */
+#define PM_PID_LIMIT (4U << 20)
+#define PM_PID_WORDS (PM_PID_LIMIT / 32)
+
+/*
+ * Two bits per tgid, 32 tgids per word: PM_TRACKED (an exec record was emitted in a
+ * student container: an exit is owed) and PM_CAPTURED (its stderr is captured: `capture`
+ * holds its build). One word, so an exec or exit touches one cache line for both.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PM_PID_WORDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} pidbits SEC(".maps");
+
+#define PM_TRACKED(tgid) (1ULL << (((tgid) % 32) * 2))
+#define PM_CAPTURED(tgid) (2ULL << (((tgid) % 32) * 2))
+
+/* captured tgids -> the build (compiler driver tgid) they belong to. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384);
 	__type(key, __u32);
-	__type(value, __u64); /* boot ns of the last exec */
-} tracked SEC(".maps");
+	__type(value, __u32);
+} capture SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -63,13 +108,6 @@ struct {
 	__type(value, struct pm_counters);
 } stats SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct pm_config);
-} settings SEC(".maps");
-
 /* exe basename -> enum pm_tool_class; filled by userspace before attach. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -77,14 +115,6 @@ struct {
 	__type(key, char[PM_TOOL_NAME_LEN]);
 	__type(value, __u32);
 } tools SEC(".maps");
-
-/* tgids whose stderr is captured -> the build (compiler driver tgid) they belong to. */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
-	__type(value, __u32);
-} capture SEC(".maps");
 
 /* build (driver tgid) -> stderr bytes already claimed, shared by the driver's children. */
 struct {
@@ -114,7 +144,8 @@ struct pm_scratch {
 };
 
 /*
- * Where an exec record is assembled before bpf_ringbuf_output() copies the used part:
+ * Where an exec record is assembled before bpf_ringbuf_output() copies the used part
+ * (only the bytes present: header + the payload actually read):
  * bpf_ringbuf_reserve() only takes a constant size, and a per-CPU array cannot hold values
  * over 32 KiB, so this is a plain array indexed by CPU; userspace sets max_entries to the
  * number of possible CPUs. Tracepoint programs run with preemption disabled and are not
@@ -134,16 +165,18 @@ static __always_inline struct pm_counters *get_counters(void)
 	return bpf_map_lookup_elem(&stats, &zero);
 }
 
-/* Batch wakeups: the reader also polls on a timer, so most records need not wake it. */
-static __always_inline __u64 wakeup_flag(struct pm_counters *c, const struct pm_config *cfg,
-					 __u32 size, bool urgent)
+/*
+ * Batch wakeups: the reader also polls on a timer (poll_ms), so most records need not wake
+ * it. Every wakeup_every-th record per CPU still does, which bounds what can pile up
+ * between two wakeups far below the ring's size, so no bpf_ringbuf_query() (two helper
+ * calls per record) is needed to notice a filling ring.
+ */
+static __always_inline __u64 wakeup_flag(struct pm_counters *c, __u32 size, bool urgent)
 {
-	__u64 n = c->exec_emitted + c->exit_emitted;
-	__u32 every = cfg->wakeup_every;
+	__u64 n = c->exec_emitted + c->exit_emitted + c->stderr_emitted;
+	__u32 every = cfg.wakeup_every;
 
-	if (urgent || every <= 1 || size >= cfg->wakeup_bytes || n % every == 0 ||
-	    bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >
-		    bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 4) {
+	if (urgent || every <= 1 || size >= cfg.wakeup_bytes || n % every == 0) {
 		c->wakeups++;
 		return BPF_RB_FORCE_WAKEUP;
 	}
@@ -152,32 +185,60 @@ static __always_inline __u64 wakeup_flag(struct pm_counters *c, const struct pm_
 
 /*
  * Compared in place through the BTF pointer (direct loads, no helper call: the filter is
- * paid by every exec on the node). Unrolled because a BTF pointer only takes constant
- * offsets.
+ * paid by every exec on the node). prefix_len and prefix[] are .rodata constants: the
+ * verifier drops the compares past prefix_len.
  */
-static __always_inline bool prefix_matches(struct uts_namespace *uts, const struct pm_config *cfg)
+static __always_inline bool prefix_matches(struct uts_namespace *uts)
 {
-	__u32 n = cfg->prefix_len;
+	__u32 n = cfg.prefix_len;
 	bool ok = true;
 
 #pragma unroll
 	for (int i = 0; i < PM_PREFIX_MAX; i++) {
-		if (i < n && uts->name.nodename[i] != cfg->prefix[i])
+		if (i < n && uts->name.nodename[i] != cfg.prefix[i])
 			ok = false;
 	}
 	return ok;
 }
 
+/* The word of `pidbits` that holds `tgid`'s bits (an inlined array lookup). */
+static __always_inline __u64 *pid_word(__u32 tgid)
+{
+	__u32 k = tgid / 32;
+
+	return bpf_map_lookup_elem(&pidbits, &k);
+}
+
+/* The build `tgid`'s stderr belongs to; 0: not captured (one load for everyone else). */
+static __always_inline __u32 capture_of(__u32 tgid)
+{
+	__u64 *w = pid_word(tgid);
+	__u32 *b;
+
+	if (!w || !(*w & PM_CAPTURED(tgid)))
+		return 0;
+	b = bpf_map_lookup_elem(&capture, &tgid);
+	return b ? *b : 0;
+}
+
+/* Drop `tgid`'s capture entry (and its build, if it is a driver); the caller clears the
+ * bit. */
+static __always_inline void uncapture(__u32 tgid)
+{
+	bpf_map_delete_elem(&capture, &tgid);
+	if (bpf_map_lookup_elem(&builds, &tgid))
+		bpf_map_delete_elem(&builds, &tgid);
+}
+
 struct walk_ctx {
-	struct dentry *dentry;
-	struct vfsmount *vfsmnt;
-	struct mount *mnt;
-	struct dentry *root_dentry;
-	struct vfsmount *root_mnt;
-	__u64 mnt_off;
+	__u64 dentry; /* addresses, re-typed with AS() in each step */
+	__u64 mnt;    /* struct mount of the current vfsmount */
+	__u64 root_dentry;
+	__u64 root_mnt; /* struct vfsmount */
 	__u32 cpu;
 	__u32 off;   /* next write offset in scratch data[] */
 	__u32 start; /* offset where this path began */
+	__u32 first; /* length of the first (leaf) component, NUL included; 0: none */
 	__u32 flags; /* set in *flags on exit: 0, trunc_flag or unreach_flag */
 	__u32 trunc_flag;
 	__u32 unreach_flag;
@@ -185,35 +246,32 @@ struct walk_ctx {
 
 /*
  * One step of walk_path(): one component or one mount crossing. Run by bpf_loop() so the
- * verifier checks the body once instead of unrolling PM_MAX_DEPTH copies of its branches
- * (an open-coded loop here exceeds the 1M-instruction verification budget).
+ * verifier checks the body once instead of unrolling PM_MAX_DEPTH copies of its branches.
+ * Only the name copy is a helper call; the pointer chasing is direct loads.
  */
 static long walk_step(__u64 i, void *arg)
 {
 	struct walk_ctx *w = arg;
-	/* locals, not w->x: BPF_CORE_READ(w->x, ...) would relocate the local walk_ctx too */
-	struct dentry *dentry = w->dentry;
-	struct vfsmount *vfsmnt = w->vfsmnt;
-	struct mount *mnt = w->mnt;
+	struct dentry *dentry = AS(dentry, w->dentry);
+	struct mount *mnt = AS(mount, w->mnt);
 	struct pm_scratch *s;
 
-	if (dentry == w->root_dentry && vfsmnt == w->root_mnt)
+	if (w->dentry == w->root_dentry && (__u64)&mnt->mnt == w->root_mnt)
 		return 1; /* reached the container's "/" */
 
-	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
-	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+	struct dentry *mnt_root = mnt->mnt.mnt_root;
+	struct dentry *parent = dentry->d_parent;
 
 	if (dentry == mnt_root || dentry == parent) {
-		struct mount *up = BPF_CORE_READ(mnt, mnt_parent);
+		struct mount *up = mnt->mnt_parent;
 
 		if (up == mnt || dentry != mnt_root) {
 			/* the namespace's top (or a pseudo fs): never met fs->root */
 			w->flags = w->unreach_flag;
 			return 1;
 		}
-		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
-		w->mnt = up;
-		w->vfsmnt = (void *)up + w->mnt_off;
+		w->dentry = (__u64)mnt->mnt_mountpoint;
+		w->mnt = (__u64)up;
 		return 0;
 	}
 	s = bpf_map_lookup_elem(&scratch, &w->cpu);
@@ -222,37 +280,53 @@ static long walk_step(__u64 i, void *arg)
 		return 1;
 	}
 
-	const unsigned char *name = BPF_CORE_READ(dentry, d_name.name);
-	long n = bpf_probe_read_kernel_str(s->data + (w->off & PM_DATA_MASK), PM_NAME_MAX, name);
+	const unsigned char *name = dentry->d_name.name;
+	__u32 len = dentry->d_name.len;
+	long n;
+
+	if (bpf_core_field_exists(dentry->d_shortname) &&
+	    len < sizeof(dentry->d_shortname.words) && (void *)name == &dentry->d_shortname) {
+		/* the name lives in the dentry: five word loads instead of a helper call */
+		char *dst = s->data + (w->off & PM_DATA_MASK);
+
+#pragma unroll
+		for (int k = 0; k < 5; k++)
+			*(__u64 *)(dst + k * 8) = dentry->d_shortname.words[k];
+		s->data[(w->off + len) & PM_DATA_MASK] = 0; /* what follows may be stale bytes */
+		n = len + 1;
+	} else {
+		n = bpf_probe_read_kernel_str(s->data + (w->off & PM_DATA_MASK), PM_NAME_MAX,
+					      name);
+	}
 
 	if (n <= 0) {
 		w->flags = w->trunc_flag;
 		return 1;
 	}
+	if (w->off == w->start)
+		w->first = n;
 	w->off += n;
-	w->dentry = parent;
+	w->dentry = (__u64)parent;
 	return 0;
 }
 
 /*
  * Append the components of `dentry`@`vfsmnt` to scratch data[] at `off`, leaf first, each
  * NUL-ended, walking up to the task's root (root_dentry@root_mnt) and across mount points.
- * Returns the new offset.
+ * Returns the new offset; *first: the leaf component's length.
  */
 static __always_inline __u32 walk_path(__u32 cpu, __u32 off, struct dentry *dentry,
 				       struct vfsmount *vfsmnt, struct dentry *root_dentry,
 				       struct vfsmount *root_mnt, __u32 *flags, __u32 trunc_flag,
-				       __u32 unreach_flag)
+				       __u32 unreach_flag, __u32 *first)
 {
 	/* container_of(vfsmnt, struct mount, mnt), relocated by CO-RE */
 	__u64 mnt_off = bpf_core_field_offset(struct mount, mnt);
 	struct walk_ctx w = {
-		.dentry = dentry,
-		.vfsmnt = vfsmnt,
-		.mnt = (void *)vfsmnt - mnt_off,
-		.root_dentry = root_dentry,
-		.root_mnt = root_mnt,
-		.mnt_off = mnt_off,
+		.dentry = (__u64)dentry,
+		.mnt = (__u64)vfsmnt - mnt_off,
+		.root_dentry = (__u64)root_dentry,
+		.root_mnt = (__u64)root_mnt,
 		.cpu = cpu,
 		.off = off,
 		.start = off,
@@ -268,22 +342,41 @@ static __always_inline __u32 walk_path(__u32 cpu, __u32 off, struct dentry *dent
 	if (bpf_loop(PM_MAX_DEPTH, walk_step, &w, 0) >= PM_MAX_DEPTH && !w.flags)
 		w.flags = trunc_flag;
 	*flags |= w.flags;
+	*first = w.first;
 	return w.off;
 }
+
+/* pid->numbers[k] for a constant k: direct loads (a variable index is not allowed on a BTF
+ * pointer); the flexible array is walked by the verifier like a fixed one. */
+#define PM_UPID(pid, k, nr, ino)                               \
+	do {                                                   \
+		*(nr) = (pid)->numbers[k].nr;                  \
+		*(ino) = (pid)->numbers[k].ns->ns.inum;         \
+	} while (0)
 
 /* The pid of `task`'s thread group in the task's own pid namespace, and that namespace. */
 static __always_inline void ns_pid(struct task_struct *task, __u32 *nr, __u32 *ino)
 {
-	struct pid *pid = BPF_CORE_READ(task, group_leader, thread_pid);
-	unsigned int level = BPF_CORE_READ(pid, level);
-	struct upid up = {};
-	/* numbers[] is a flexible array: CO-RE cannot relocate a variable index, so compute it */
-	void *slot = (void *)pid + bpf_core_field_offset(struct pid, numbers) +
-		     (__u64)(level & 0x3f) * bpf_core_type_size(struct upid);
+	struct pid *pid = task->group_leader->thread_pid;
+	unsigned int level = pid->level;
 
-	bpf_probe_read_kernel(&up, sizeof(up), slot);
-	*nr = up.nr;
-	*ino = BPF_CORE_READ(up.ns, ns.inum);
+	/* containers nest one or two levels deep; deeper ones take the generic (helper) path */
+	if (level == 0) {
+		PM_UPID(pid, 0, nr, ino);
+	} else if (level == 1) {
+		PM_UPID(pid, 1, nr, ino);
+	} else if (level == 2) {
+		PM_UPID(pid, 2, nr, ino);
+	} else {
+		struct upid up = {};
+		/* numbers[] is a flexible array: CO-RE cannot relocate a variable index */
+		void *slot = (void *)pid + bpf_core_field_offset(struct pid, numbers) +
+			     (__u64)(level & 0x3f) * bpf_core_type_size(struct upid);
+
+		bpf_probe_read_kernel(&up, sizeof(up), slot);
+		*nr = up.nr;
+		*ino = up.ns ? AS(pid_namespace, up.ns)->ns.inum : 0;
+	}
 }
 
 struct name_ctx {
@@ -343,14 +436,24 @@ static long name_shift(__u64 i, void *arg)
 	return 0;
 }
 
+/* Some byte of `w` is `ch` (the classic has-zero-byte test on w ^ ch...ch). */
+static __always_inline bool has_byte(__u64 w, __u8 ch)
+{
+	__u64 v = w ^ (0x0101010101010101ULL * ch);
+
+	return ((v - 0x0101010101010101ULL) & ~v & 0x8080808080808080ULL) != 0;
+}
+
 /*
- * The class of the exe whose basename (NUL-ended; the leaf component comes first in the
- * exe payload) starts at data[off]: looked up as is, then with a version suffix and a
- * triplet prefix cut ("x86_64-linux-gnu-gcc-12" -> "gcc", "python3.11" -> "python",
- * "clang++-14" -> "clang++"). -1: not in the map. bpf_loop() keeps the verifier's work
- * small (unrolled, these loops exceed its budget).
+ * The class of the exe whose basename (`n` bytes with its NUL: the leaf component comes
+ * first in the exe payload) starts at data[off]: looked up as is, then with a version
+ * suffix and a triplet prefix cut ("x86_64-linux-gnu-gcc-12" -> "gcc", "python3.11" ->
+ * "python", "clang++-14" -> "clang++"). -1: not in the map. The first key is built with
+ * four word copies; only a name that can be cut (a '-', or a digit or '.' at the end) runs
+ * the bpf_loop() scan, which keeps the verifier's work small (unrolled, it exceeds its
+ * budget).
  */
-static __always_inline int tool_class(struct pm_scratch *s, __u32 cpu, __u32 off, __u32 len)
+static __always_inline int tool_class(struct pm_scratch *s, __u32 cpu, __u32 off, __u32 n)
 {
 	struct name_ctx w = {
 		.cpu = cpu,
@@ -360,24 +463,42 @@ static __always_inline int tool_class(struct pm_scratch *s, __u32 cpu, __u32 off
 		.d1 = -1,
 		.d2 = -1,
 	};
+	__u64 key[PM_TOOL_NAME_LEN / 8]; /* on the stack: scratch key[] is a cold line */
+	bool dash = false;
 	__u32 *cls;
 
-	if (len < 2)
-		return -1; /* no exe */
-	bpf_loop(PM_TOOL_NAME_LEN, name_scan, &w, 0);
-	if (w.n > PM_TOOL_NAME_LEN - 1 || w.n == 0)
-		return -1; /* longer than any tool's name */
-	cls = bpf_map_lookup_elem(&tools, s->key);
+	if (n < 2 || n > PM_TOOL_NAME_LEN)
+		return -1; /* no exe, or longer than any tool's name (NUL included) */
+#pragma unroll
+	for (int i = 0; i < PM_TOOL_NAME_LEN / 8; i++) {
+		__u64 v = *(__u64 *)(s->data + ((off + i * 8) & PM_DATA_MASK));
+		int keep = (int)n - 1 - i * 8; /* name bytes in this word */
+
+		if (keep <= 0)
+			v = 0;
+		else if (keep < 8)
+			v &= (1ULL << (keep * 8)) - 1; /* little-endian: low bytes first */
+		key[i] = v;
+		dash |= has_byte(v, '-');
+	}
+	cls = bpf_map_lookup_elem(&tools, key);
 	if (cls)
 		return *cls;
+	char last = s->data[(off + n - 2) & PM_DATA_MASK];
+
+	if (!dash && !((last >= '0' && last <= '9') || last == '.'))
+		return -1; /* nothing to cut: already looked up */
+	bpf_loop(PM_TOOL_NAME_LEN, name_scan, &w, 0);
+	if (w.n > PM_TOOL_NAME_LEN - 1 || w.n == 0)
+		return -1;
 	w.end = w.vstart < w.n ? w.vstart : w.n;
-	int dash = w.d1;
+	int d = w.d1;
 
 	if (w.end > 0 && w.end < w.n && w.d1 >= 0 && (__u32)w.d1 == w.end - 1) {
 		w.end--; /* "-12": the dash belongs to the version */
-		dash = w.d2;
+		d = w.d2;
 	}
-	w.start = dash >= 0 ? (__u32)dash + 1 : 0;
+	w.start = d >= 0 ? (__u32)d + 1 : 0;
 	if (w.start == 0 && w.end == w.n)
 		return -1; /* nothing cut: already looked up */
 	if (w.start >= w.end)
@@ -390,32 +511,32 @@ static __always_inline int tool_class(struct pm_scratch *s, __u32 cpu, __u32 off
 /*
  * Decide whether this exec's stderr is captured: a child of a captured process belongs to
  * the same build; a compiler whose parent is not captured starts a build of its own.
- * Returns the build's tgid (0: not captured) and sets flags.
+ * Returns the build's tgid (0: not captured) and sets flags. The capture entry is written
+ * here, its bit only once the exec record is out (the process cannot write before).
  */
-static __always_inline __u32 mark_capture(const struct pm_config *cfg, struct pm_counters *c,
-					  __u32 tgid, __u32 ppid, int cls, __u32 *flags)
+static __always_inline __u32 mark_capture(struct pm_counters *c, __u32 tgid, __u32 ppid,
+					  int cls, __u32 *flags)
 {
-	__u32 *parent = bpf_map_lookup_elem(&capture, &ppid);
 	__u32 build = 0;
 
-	if (parent)
-		build = *parent;
-	else if (cls == PM_TOOL_COMPILER)
-		build = tgid;
-	if (!build || !cfg->capture_stderr) {
-		/* a captured process that exec'd something else is no longer captured */
-		if (bpf_map_lookup_elem(&capture, &tgid))
-			bpf_map_delete_elem(&capture, &tgid);
+	if (!cfg.capture_stderr)
 		return 0;
-	}
+	build = capture_of(ppid);
+	if (!build && cls == PM_TOOL_COMPILER)
+		build = tgid;
+	if (!build)
+		return 0;
 	if (build == tgid) {
 		__u64 zero = 0;
 
 		if (bpf_map_update_elem(&builds, &build, &zero, BPF_ANY))
 			goto full;
 	}
-	if (bpf_map_update_elem(&capture, &tgid, &build, BPF_ANY))
+	if (bpf_map_update_elem(&capture, &tgid, &build, BPF_ANY)) {
+		if (build == tgid)
+			bpf_map_delete_elem(&builds, &tgid);
 		goto full;
+	}
 	*flags |= PM_F_CAPTURE;
 	return build;
 full:
@@ -427,20 +548,19 @@ full:
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
 {
-	__u32 zero = 0, cpu = bpf_get_smp_processor_id();
-	struct pm_config *cfg = bpf_map_lookup_elem(&settings, &zero);
+	__u32 cpu = bpf_get_smp_processor_id();
 	struct pm_counters *c = get_counters();
 	struct pm_scratch *s;
 	struct pm_exec *e;
 
-	if (!cfg || !c || !cfg->enabled)
+	if (!c || !cfg.enabled)
 		return 0;
 	c->exec_seen++;
 
 	/* The filter comes first so that other processes cost only this much. */
 	struct uts_namespace *uts = task->nsproxy->uts_ns;
 
-	if (!prefix_matches(uts, cfg)) {
+	if (!prefix_matches(uts)) {
 		c->exec_filtered++;
 		return 0;
 	}
@@ -451,29 +571,33 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 		return 0;
 	}
 	e = &s->rec;
-	bpf_probe_read_kernel_str(e->nodename, sizeof(e->nodename), uts->name.nodename);
+	/* byte loads: a BTF pointer into a char array only takes accesses of the element size */
+#pragma unroll
+	for (int i = 0; i < PM_NODENAME_LEN; i++)
+		e->nodename[i] = i < PM_NODENAME_LEN - 8 ? uts->name.nodename[i] : 0;
 
 	__u64 now = bpf_ktime_get_boot_ns();
 	__u32 flags = 0, off = 0;
+	__u32 tgid = task->tgid;
 
 	e->hdr.type = PM_EV_EXEC;
 	e->hdr.version = PM_ABI_VERSION;
 	e->hdr.ts_ns = now;
-	e->tgid = BPF_CORE_READ(task, tgid);
-	e->ppid = BPF_CORE_READ(task, real_parent, tgid);
-	e->uid = BPF_CORE_READ(task, real_cred, uid.val);
-	e->gid = BPF_CORE_READ(task, real_cred, gid.val);
-	e->cgroup_id = bpf_get_current_cgroup_id();
-	e->fork_ns = BPF_CORE_READ(task, start_boottime);
+	e->tgid = tgid;
+	e->ppid = task->real_parent->tgid;
+	e->uid = task->real_cred->uid.val;
+	e->gid = task->real_cred->gid.val;
+	e->cgroup_id = task->cgroups->dfl_cgrp->kn->id;
+	e->fork_ns = task->start_boottime;
 	ns_pid(task, &e->ns_tgid, &e->pidns_ino);
-	e->mntns_ino = BPF_CORE_READ(task, nsproxy, mnt_ns, ns.inum);
+	e->mntns_ino = task->nsproxy->mnt_ns->ns.inum;
 	e->_pad0 = 0;
 	e->_pad1 = 0;
 
 	/* argv: the new image's argument area, already copied in by execve() */
-	struct mm_struct *mm = BPF_CORE_READ(task, mm);
-	__u64 arg_start = BPF_CORE_READ(mm, arg_start);
-	__u64 arg_end = BPF_CORE_READ(mm, arg_end);
+	struct mm_struct *mm = task->mm;
+	__u64 arg_start = mm->arg_start;
+	__u64 arg_end = mm->arg_end;
 	__u64 orig = arg_end > arg_start ? arg_end - arg_start : 0;
 	__u32 len = orig > PM_ARGV_MAX ? PM_ARGV_MAX : (__u32)orig;
 
@@ -491,8 +615,8 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	off = len;
 
 	/* filename as given to execve() */
-	const char *fname = BPF_CORE_READ(bprm, filename);
-	long n = bpf_probe_read_kernel_str(s->data + (off & PM_DATA_MASK), PM_PATH_MAX, fname);
+	long n = bpf_probe_read_kernel_str(s->data + (off & PM_DATA_MASK), PM_PATH_MAX,
+					   bprm->filename);
 
 	if (n <= 0) {
 		flags |= PM_F_FILENAME_TRUNC;
@@ -504,33 +628,41 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	off += n;
 
 	/* exe and cwd, relative to the task's root = the container's "/" */
-	struct fs_struct *fs = BPF_CORE_READ(task, fs);
-	struct dentry *root_d = BPF_CORE_READ(fs, root.dentry);
-	struct vfsmount *root_m = BPF_CORE_READ(fs, root.mnt);
-	struct file *exe = BPF_CORE_READ(mm, exe_file);
-	__u32 mark = off;
+	struct fs_struct *fs = task->fs;
+	struct dentry *root_d = fs->root.dentry;
+	struct vfsmount *root_m = fs->root.mnt;
+	struct file *exe = mm->exe_file;
+	__u32 mark = off, leaf = 0, unused;
 
-	off = walk_path(cpu, off, BPF_CORE_READ(exe, f_path.dentry),
-			BPF_CORE_READ(exe, f_path.mnt), root_d, root_m, &flags, PM_F_EXE_TRUNC,
-			PM_F_EXE_UNREACH);
+	if (exe)
+		off = walk_path(cpu, off, exe->f_path.dentry, exe->f_path.mnt, root_d, root_m,
+				&flags, PM_F_EXE_TRUNC, PM_F_EXE_UNREACH, &leaf);
+	else
+		flags |= PM_F_EXE_UNREACH;
 	e->exe_len = off - mark;
-	/* the exe's leaf component comes first: its length is up to the first NUL */
-	int cls = tool_class(s, cpu, mark, off - mark);
+	int cls = tool_class(s, cpu, mark, leaf);
+
 	if (cls == PM_TOOL_COMPILER || cls == PM_TOOL_INTERPRETER)
 		flags |= PM_F_TOOL;
 	mark = off;
-	off = walk_path(cpu, off, BPF_CORE_READ(fs, pwd.dentry), BPF_CORE_READ(fs, pwd.mnt),
-			root_d, root_m, &flags, PM_F_CWD_TRUNC, PM_F_CWD_UNREACH);
+	off = walk_path(cpu, off, fs->pwd.dentry, fs->pwd.mnt, root_d, root_m, &flags,
+			PM_F_CWD_TRUNC, PM_F_CWD_UNREACH, &unused);
 	e->cwd_len = off - mark;
 
-	/* Track before output so a fast exit cannot be missed; BPF_ANY re-arms a re-exec. */
-	__u32 tgid = e->tgid;
+	__u64 *pw = pid_word(tgid);
 
-	if (bpf_map_update_elem(&tracked, &tgid, &now, BPF_ANY)) {
+	if (!pw) {
 		flags |= PM_F_NOT_TRACKED;
 		c->exec_not_tracked++;
+	} else if (*pw & PM_CAPTURED(tgid)) {
+		/* a captured process that exec'd something else is no longer captured (and
+		 * one that exec'd a compiler again is decided afresh below) */
+		__sync_fetch_and_and(pw, ~PM_CAPTURED(tgid));
+		uncapture(tgid);
 	}
-	e->build_tgid = mark_capture(cfg, c, tgid, e->ppid, cls, &flags);
+	__u32 build = mark_capture(c, tgid, e->ppid, cls, &flags);
+
+	e->build_tgid = build;
 	e->flags = flags;
 
 	off &= PM_DATA_MASK;
@@ -539,51 +671,47 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	bool urgent = flags & (PM_F_TOOL | PM_F_CAPTURE);
 
 	e->hdr.size = size;
-	if (bpf_ringbuf_output(&events, s, size, wakeup_flag(c, cfg, size, urgent))) {
+	if (bpf_ringbuf_output(&events, s, size, wakeup_flag(c, size, urgent))) {
 		c->exec_drop_ringbuf++;
-		/* no exec record: do not emit an orphan exit for it either */
-		bpf_map_delete_elem(&tracked, &tgid);
-		if (e->build_tgid) {
+		/* no exec record: nothing captured; an earlier exec's exit stays owed */
+		if (build) {
 			bpf_map_delete_elem(&capture, &tgid);
-			if (e->build_tgid == tgid)
+			if (build == tgid)
 				bpf_map_delete_elem(&builds, &tgid);
 		}
 		return 0;
 	}
 	c->exec_emitted++;
+	if (pw)
+		__sync_fetch_and_or(pw, PM_TRACKED(tgid) | (build ? PM_CAPTURED(tgid) : 0));
 	return 0;
 }
 
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(handle_exit, struct task_struct *task, bool group_dead)
 {
-	__u32 zero = 0;
-	struct pm_config *cfg = bpf_map_lookup_elem(&settings, &zero);
 	struct pm_counters *c = get_counters();
 
 	/* Only the end of the whole thread group is a process exit. */
-	if (!group_dead || !cfg || !c || !cfg->enabled)
+	if (!group_dead || !c || !cfg.enabled)
 		return 0;
 	c->exit_seen++;
 
 	__u32 tgid = task->tgid;
+	__u64 *pw = pid_word(tgid);
+	__u64 old;
 
-	/*
-	 * Look up before deleting: a miss is the common case and a hash delete takes the
-	 * bucket lock (~1 us here). The delete succeeds for exactly one caller, so there is
-	 * at most one exit per exec'd tgid even if two exits raced.
-	 */
-	if (!bpf_map_lookup_elem(&tracked, &tgid) || bpf_map_delete_elem(&tracked, &tgid)) {
+	/* a plain load first: the atomic is only for the few tracked tgids; it returns the bit
+	 * set to exactly one caller even if two exits raced */
+	if (!pw || !(*pw & PM_TRACKED(tgid)) ||
+	    !((old = __sync_fetch_and_and(pw, ~(PM_TRACKED(tgid) | PM_CAPTURED(tgid)))) &
+	      PM_TRACKED(tgid))) {
 		c->exit_filtered++;
 		return 0;
 	}
-
 	/* only tracked tgids can be captured: the rest of the node pays nothing for this */
-	if (bpf_map_lookup_elem(&capture, &tgid)) {
-		bpf_map_delete_elem(&capture, &tgid);
-		if (bpf_map_lookup_elem(&builds, &tgid))
-			bpf_map_delete_elem(&builds, &tgid);
-	}
+	if (old & PM_CAPTURED(tgid))
+		uncapture(tgid);
 
 	struct pm_exit *x = bpf_ringbuf_reserve(&events, sizeof(*x), 0);
 
@@ -598,13 +726,13 @@ int BPF_PROG(handle_exit, struct task_struct *task, bool group_dead)
 	 * thread leaves with plain SYS_exit -- else the leader's own exit code (older kernels,
 	 * where a leader that left first with SYS_exit decides the status).
 	 */
-	struct signal_struct *sig = BPF_CORE_READ(task, signal);
+	struct signal_struct *sig = task->signal;
 	__u32 status;
 
-	if (BPF_CORE_READ(sig, flags) & SIGNAL_GROUP_EXIT)
-		status = BPF_CORE_READ(sig, group_exit_code);
+	if (sig->flags & SIGNAL_GROUP_EXIT)
+		status = sig->group_exit_code;
 	else
-		status = BPF_CORE_READ(task, group_leader, exit_code);
+		status = task->group_leader->exit_code;
 
 	x->hdr.type = PM_EV_EXIT;
 	x->hdr.version = PM_ABI_VERSION;
@@ -612,10 +740,10 @@ int BPF_PROG(handle_exit, struct task_struct *task, bool group_dead)
 	x->hdr.ts_ns = bpf_ktime_get_boot_ns();
 	x->tgid = tgid;
 	x->status = status;
-	x->last_tid = BPF_CORE_READ(task, pid);
+	x->last_tid = task->pid;
 	x->flags = 0;
 	c->exit_emitted++;
-	bpf_ringbuf_submit(x, wakeup_flag(c, cfg, sizeof(*x), false));
+	bpf_ringbuf_submit(x, wakeup_flag(c, sizeof(*x), false));
 	return 0;
 }
 
@@ -626,23 +754,21 @@ int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
 		return 0;
 
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	__u32 *build = bpf_map_lookup_elem(&capture, &tgid);
+	__u32 b = capture_of(tgid);
 
-	if (!build)
+	if (!b)
 		return 0;
 	if (PT_REGS_PARM1_CORE_SYSCALL(regs) != 2)
 		return 0; /* only fd 2: a compiler's stdout may be its output (-E, -S -o -) */
 
 	__u32 zero = 0;
-	struct pm_config *cfg = bpf_map_lookup_elem(&settings, &zero);
 	struct pm_counters *c = get_counters();
 	struct pm_stderr_scratch *s = bpf_map_lookup_elem(&stderr_scratch, &zero);
 
-	if (!cfg || !c || !s || !cfg->enabled || !cfg->capture_stderr)
+	if (!c || !s || !cfg.enabled || !cfg.capture_stderr)
 		return 0;
 	c->stderr_seen++;
 
-	__u32 b = *build;
 	__u64 *used = bpf_map_lookup_elem(&builds, &b);
 	__u64 count = PT_REGS_PARM3_CORE_SYSCALL(regs);
 	__u64 want = count < PM_STDERR_CHUNK ? count : PM_STDERR_CHUNK;
@@ -654,11 +780,11 @@ int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
 	/* claim bytes atomically: the driver's children may write at the same time */
 	__u64 old = __sync_fetch_and_add(used, want);
 
-	if (old >= cfg->stderr_budget) {
+	if (old >= cfg.stderr_budget) {
 		c->stderr_drop_budget++;
 		return 0;
 	}
-	__u64 left = cfg->stderr_budget - old;
+	__u64 left = cfg.stderr_budget - old;
 	__u32 n = want < left ? want : left;
 
 	if (n > PM_STDERR_CHUNK)
@@ -678,7 +804,7 @@ int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
 	__u32 size = sizeof(s->rec) + n;
 
 	s->rec.hdr.size = size;
-	if (bpf_ringbuf_output(&events, s, size, wakeup_flag(c, cfg, size, false))) {
+	if (bpf_ringbuf_output(&events, s, size, wakeup_flag(c, size, false))) {
 		c->stderr_drop_ringbuf++;
 		return 0;
 	}

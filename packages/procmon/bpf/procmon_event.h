@@ -135,7 +135,11 @@ struct pm_stderr {
 	__u32 orig_len;   /* the count passed to write(): > len when cut by chunk or budget */
 };
 
-/* Filter and wakeup settings: one entry in the "config" array map, written before attach. */
+/*
+ * Filter and wakeup settings: the programs' `const volatile` global in section
+ * ".rodata.cfg", written by userspace before load (bpf_map__set_initial_value) and frozen,
+ * so the verifier treats every field as a constant.
+ */
 struct pm_config {
 	char prefix[PM_PREFIX_MAX]; /* UTS nodename prefix of student containers */
 	__u32 prefix_len;           /* 0: trace every process */

@@ -60,6 +60,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_link__destroy": (ctypes.c_int, [_P]),
     "bpf_map__fd": (ctypes.c_int, [_P]),
     "bpf_map__set_max_entries": (ctypes.c_int, [_P, ctypes.c_uint32]),
+    "bpf_map__set_initial_value": (ctypes.c_int, [_P, _P, ctypes.c_size_t]),
     "bpf_map__value_size": (ctypes.c_uint32, [_P]),
     "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, _P, _P]),
     "bpf_map_update_elem": (ctypes.c_int, [ctypes.c_int, _P, _P, ctypes.c_uint64]),
@@ -148,6 +149,12 @@ class Map:
     def set_max_entries(self, n: int) -> None:
         """Before load only (ring buffer size in bytes, or array entries)."""
         _check(lib().bpf_map__set_max_entries(self._ptr, n), f"resize map {self.name}")
+
+    def set_initial_value(self, value: ctypes._CData) -> None:
+        """Before load only: the whole content of a global-data map (.data / .rodata.*),
+        e.g. a ``const volatile`` config the verifier then treats as constants."""
+        ret = lib().bpf_map__set_initial_value(self._ptr, ctypes.byref(value), ctypes.sizeof(value))
+        _check(ret, f"set initial value of map {self.name}")
 
     @property
     def fd(self) -> int:

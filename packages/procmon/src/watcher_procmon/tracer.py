@@ -37,6 +37,7 @@ log = logging.getLogger("watcher_procmon.tracer")
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 PROGRAMS = ("handle_exec", "handle_exit")
 STDERR_PROGRAM = "handle_sys_enter"
+CONFIG_MAP = ".rodata.cfg"  # the programs' const volatile struct pm_config
 
 # The kernel's "tools" map (see procmon_event.h): exe basenames after a version suffix and a
 # triplet prefix are cut. Explicit NONE entries keep gcc's passes from matching "cc"/"as"
@@ -155,10 +156,8 @@ class Tracer:
         self._ncpu = libbpf.num_possible_cpus()
         obj.map("events").set_max_entries(cfg.ringbuf_bytes)
         obj.map("scratch").set_max_entries(self._ncpu)  # one exec scratch area per CPU
-        obj.load()
-        self._stats = obj.map("stats")
-        self._counter_slot = (self._stats.value_size + 7) & ~7  # per-CPU values are 8-aligned
-        # config before attach: until "enabled" is set the programs do nothing
+        # The config is .rodata, fixed before load: the verifier folds it into the programs
+        # (the prefix compare becomes constants, disabled features are pruned).
         c = PmConfig(
             prefix=prefix,
             prefix_len=len(prefix),
@@ -168,7 +167,10 @@ class Tracer:
             capture_stderr=int(cfg.capture_stderr),
             stderr_budget=cfg.stderr_budget,
         )
-        obj.map("settings").update(ctypes.c_uint32(0), c)
+        obj.map(CONFIG_MAP).set_initial_value(c)
+        obj.load()
+        self._stats = obj.map("stats")
+        self._counter_slot = (self._stats.value_size + 7) & ~7  # per-CPU values are 8-aligned
         tools = obj.map("tools")
         for name, cls in TOOL_CLASSES.items():
             key = ctypes.create_string_buffer(name.encode(), TOOL_NAME_LEN)  # NUL-padded
