@@ -92,16 +92,19 @@ def _after(
     id_col: InstrumentedAttribute[int],
     rank: int,
     cursor: Cursor | None,
+    upto: int | None,
 ) -> Any:
-    """Rows of a table with ``rank`` that sort after ``cursor`` by (ts, rank, id)."""
+    """Rows of a table with ``rank`` that sort after ``cursor`` by (ts, rank, id), at or
+    before time ``upto`` (None: no bound)."""
+    cond = true() if upto is None else ts_col <= upto
     if cursor is None:
-        return true()
+        return cond
     ts, c_rank, c_id = cursor
     if rank > c_rank:
-        return ts_col >= ts
+        return and_(cond, ts_col >= ts)
     if rank < c_rank:
-        return ts_col > ts
-    return or_(ts_col > ts, and_(ts_col == ts, id_col > c_id))
+        return and_(cond, ts_col > ts)
+    return and_(cond, or_(ts_col > ts, and_(ts_col == ts, id_col > c_id)))
 
 
 _Ts = TypeVarTuple("_Ts")
@@ -112,7 +115,12 @@ def _page(stmt: Select[*_Ts], ts_col: Any, id_col: Any, limit: int) -> Select[*_
 
 
 def _snapshots(
-    conn: Connection, s: lookup.StudentScope, cur: Cursor | None, kinds: set[str], n: int
+    conn: Connection,
+    s: lookup.StudentScope,
+    cur: Cursor | None,
+    upto: int | None,
+    kinds: set[str],
+    n: int,
 ) -> list[tuple[Cursor, TimelineItem]]:
     if "snapshot" not in kinds:
         return []
@@ -130,7 +138,7 @@ def _snapshots(
             .where(
                 SnapshotRow.assignment_id == s.assignment_id,
                 SnapshotRow.student_pk == s.student_pk,
-                _after(SnapshotRow.ts_us, SnapshotRow.id, _RANK_SNAPSHOT, cur),
+                _after(SnapshotRow.ts_us, SnapshotRow.id, _RANK_SNAPSHOT, cur, upto),
             ),
             SnapshotRow.ts_us,
             SnapshotRow.id,
@@ -156,7 +164,12 @@ def _snapshots(
 
 
 def _file_events(
-    conn: Connection, s: lookup.StudentScope, cur: Cursor | None, kinds: set[str], n: int
+    conn: Connection,
+    s: lookup.StudentScope,
+    cur: Cursor | None,
+    upto: int | None,
+    kinds: set[str],
+    n: int,
 ) -> list[tuple[Cursor, TimelineItem]]:
     # create/modify rows duplicate the snapshots; only deletes and renames add information.
     ops = [op for op in ("delete", "rename") if op in kinds]
@@ -176,7 +189,7 @@ def _file_events(
                 FileEventRow.assignment_id == s.assignment_id,
                 FileEventRow.student_pk == s.student_pk,
                 FileEventRow.op.in_(ops),
-                _after(FileEventRow.ts_us, FileEventRow.id, _RANK_FILE_EVENT, cur),
+                _after(FileEventRow.ts_us, FileEventRow.id, _RANK_FILE_EVENT, cur, upto),
             ),
             FileEventRow.ts_us,
             FileEventRow.id,
@@ -199,7 +212,12 @@ def _file_events(
 
 
 def _runs(
-    conn: Connection, s: lookup.StudentScope, cur: Cursor | None, kinds: set[str], n: int
+    conn: Connection,
+    s: lookup.StudentScope,
+    cur: Cursor | None,
+    upto: int | None,
+    kinds: set[str],
+    n: int,
 ) -> list[tuple[Cursor, TimelineItem]]:
     want_build, want_run = "build" in kinds, "run" in kinds
     if not (want_build or want_run):
@@ -219,7 +237,7 @@ def _runs(
     ).where(
         RunRow.student_pk == s.student_pk,
         RunRow.assignment_id == s.assignment_id,
-        _after(RunRow.start_us, RunRow.id, _RANK_RUN, cur),
+        _after(RunRow.start_us, RunRow.id, _RANK_RUN, cur, upto),
     )
     if not want_run:
         stmt = stmt.where(RunRow.category.in_(BUILD_CATEGORIES))
@@ -250,7 +268,12 @@ def _runs(
 
 
 def _cells(
-    conn: Connection, s: lookup.StudentScope, cur: Cursor | None, kinds: set[str], n: int
+    conn: Connection,
+    s: lookup.StudentScope,
+    cur: Cursor | None,
+    upto: int | None,
+    kinds: set[str],
+    n: int,
 ) -> list[tuple[Cursor, TimelineItem]]:
     if "cell" not in kinds:
         return []
@@ -268,7 +291,7 @@ def _cells(
             ).where(
                 NotebookCellRow.assignment_id == s.assignment_id,
                 NotebookCellRow.student_pk == s.student_pk,
-                _after(NotebookCellRow.ts_us, NotebookCellRow.id, _RANK_CELL, cur),
+                _after(NotebookCellRow.ts_us, NotebookCellRow.id, _RANK_CELL, cur, upto),
             ),
             NotebookCellRow.ts_us,
             NotebookCellRow.id,
@@ -316,8 +339,16 @@ def timeline_page(
     """Each source yields at most ``limit + 1`` rows after the cursor; the first ``limit``
     of their merge are exactly the first ``limit`` of the whole stream."""
     merged: list[tuple[Cursor, TimelineItem]] = []
-    for fetch in (_snapshots, _file_events, _runs, _cells):
-        merged.extend(fetch(conn, scope, cursor, kinds, limit + 1))
+    upto: int | None = None
+    for fetch in (_snapshots, _runs, _file_events, _cells):
+        merged.extend(fetch(conn, scope, cursor, upto, kinds, limit + 1))
+        if len(merged) > limit:
+            # Once limit + 1 items are known, nothing later than the (limit + 1)-th can be
+            # on this page: the next sources read only up to its time (a page of saves
+            # then reads ~20 builds, not 201, and decodes only their diagnostics).
+            merged.sort(key=lambda pair: pair[0])
+            del merged[limit + 1 :]
+            upto = merged[-1][0][0]
     merged.sort(key=lambda pair: pair[0])
     page = merged[:limit]
     more = len(merged) > limit
