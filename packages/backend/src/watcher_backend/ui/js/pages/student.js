@@ -39,16 +39,20 @@ export async function render(ctx) {
   timeline.onMore = async (cursor) => {
     timeline.add(await getJSON(url(`${base}/timeline`, { limit: PAGE, cursor, kinds: kinds.join(',') })));
   };
+  // The timeline is asked for first and alone with the cheap file list: the class-wide
+  // analytics (the slowest call, pure server CPU) would otherwise share the server's one
+  // core with it and hold the page's main content back.
+  const first = getJSON(url(`${base}/timeline`, { limit: PAGE, kinds: kinds.join(',') }));
   const parts = [
-    getJSON(url(`${base}/timeline`, { limit: PAGE, kinds: kinds.join(',') })).then((first) => ctx.alive() && timeline.add(first)),
+    first.then((page) => ctx.alive() && timeline.add(page)),
     getJSON(`${base}/files`).then((files) => ctx.alive() && filesBox.replaceChildren(
       h('h2', {}, t('student.files')),
       h('ul', { class: 'files', 'data-testid': 'files' }, files.map((fi) => h('li', {},
         h('a', { href: replay(fi.path), 'data-testid': 'file-link' }, fi.path),
         ' ', h('span', { class: 'muted' }, t('student.versions', { n: fi.versions }), ' · ', bytes(fi.last_size)),
         fi.deleted ? h('span', { class: 'chip' }, t('student.deleted')) : null))))),
-    getJSON(`${base}/analytics`).then((analytics) => {
-      if (!ctx.alive()) return;
+    first.catch(() => null).then(() => ctx.alive() ? getJSON(`${base}/analytics`) : null).then((analytics) => {
+      if (!analytics || !ctx.alive()) return;
       const f = analytics.figures;
       figuresBox.replaceChildren(
         figure(t('col.saves'), num(f.saves)),
