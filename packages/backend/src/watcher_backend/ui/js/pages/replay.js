@@ -42,7 +42,10 @@ export async function render(ctx) {
   const modeButtons = MODES.map((m) => h('button', { type: 'button', class: 'seg', 'data-mode': m, 'data-testid': `mode-${m}`, onclick: () => set({ mode: m }) },
     t(m === 'code' ? 'replay.modeCode' : m === 'unified' ? 'replay.modeUnified' : 'replay.modeSplit')));
   const versionOption = (v, i) => h('option', { value: v.snapshot_id }, `#${i + 1} · ${kst(v.ts)} · ${bytes(v.size)}`);
-  const aSelect = h('select', { 'aria-label': t('replay.compareFrom'), 'data-testid': 'compare-from', onchange: (e) => set({ a: Number(e.target.value) }) }, versions.map(versionOption));
+  // A list box, not a drop-down: Chromium re-measures every option's text whenever a
+  // drop-down's choice changes (~150-300 ms at 2,000 versions, more than the diff itself);
+  // a list box lays out only the rows it changes (~1 ms).
+  const aSelect = h('select', { size: 5, class: 'versions', 'aria-label': t('replay.compareFrom'), 'data-testid': 'compare-from', onchange: (e) => set({ a: Number(e.target.value) }) }, versions.map(versionOption));
   const view = h('div', { class: 'code-box', 'data-testid': 'replay-view' });
   const step = (i) => set({ i: Math.max(0, Math.min(versions.length - 1, i)), a: null });
   const btn = (key, fn, testid) => h('button', { type: 'button', onclick: fn, 'data-testid': testid }, t(key));
@@ -77,8 +80,8 @@ export async function render(ctx) {
     slider.value = state.i;
     label.textContent = t('replay.version', { i: state.i + 1, n: versions.length });
     meta.textContent = ` · ${kst(v.ts)} · ${bytes(v.size)}`;
-    aSelect.value = String(ids[aIndex]);
-    aSelect.disabled = state.mode === 'code';
+    if (aSelect.value !== String(ids[aIndex])) aSelect.value = String(ids[aIndex]);
+    if (aSelect.disabled !== (state.mode === 'code')) aSelect.disabled = state.mode === 'code';
     modeButtons.forEach((b) => b.classList.toggle('active', b.dataset.mode === state.mode));
     history.replaceState(null, '', withQuery(here, { path, v: v.snapshot_id, a: state.a, mode: state.mode === 'code' ? '' : state.mode }));
     let node;
