@@ -449,7 +449,7 @@ static __always_inline bool has_byte(__u64 w, __u8 ch)
  * first in the exe payload) starts at data[off]: looked up as is, then with a version
  * suffix and a triplet prefix cut ("x86_64-linux-gnu-gcc-12" -> "gcc", "python3.11" ->
  * "python", "clang++-14" -> "clang++"). -1: not in the map. The first key is built with
- * four word copies; only a name that can be cut (a '-', or a digit or '.' at the end) runs
+ * four word copies and looked up only if its bloom bit is set; only a name that can be cut (a '-', or a digit or '.' at the end) runs
  * the bpf_loop() scan, which keeps the verifier's work small (unrolled, it exceeds its
  * budget).
  */
@@ -481,10 +481,15 @@ static __always_inline int tool_class(struct pm_scratch *s, __u32 cpu, __u32 off
 		key[i] = v;
 		dash |= has_byte(v, '-');
 	}
-	cls = bpf_map_lookup_elem(&tools, key);
-	if (cls)
-		return *cls;
 	char last = s->data[(off + n - 2) & PM_DATA_MASK];
+	__u32 bit = PM_TOOL_BLOOM_BIT((__u8)key[0], (__u8)last, n - 1);
+
+	/* a hash lookup is ~3 cold cache lines: most exes (student programs) skip it */
+	if (!cfg.tool_bloom || (cfg.tool_bloom >> bit) & 1) {
+		cls = bpf_map_lookup_elem(&tools, key);
+		if (cls)
+			return *cls;
+	}
 
 	if (!dash && !((last >= '0' && last <= '9') || last == '.'))
 		return -1; /* nothing to cut: already looked up */

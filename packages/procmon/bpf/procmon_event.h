@@ -148,7 +148,15 @@ struct pm_config {
 	__u32 wakeup_bytes;         /* records at least this large wake the reader at once */
 	__u32 capture_stderr;       /* 0: compilers' stderr is not captured */
 	__u32 stderr_budget;        /* bytes captured per build */
+	/*
+	 * Bit pm_tool_bloom_bit(name) is set for every name in the "tools" map: an exe whose
+	 * basename's bit is clear skips the first (hash) lookup. 0: look every name up.
+	 */
+	__u64 tool_bloom;
 };
+
+/* The bloom bit of a basename: its first and last byte and its length (without NUL). */
+#define PM_TOOL_BLOOM_BIT(first, last, len) ((((first) * 7u) + ((last) * 3u) + (len)) & 63u)
 
 /*
  * In-kernel counters (per-CPU array, one entry; userspace sums the CPUs). At rest:
@@ -188,7 +196,7 @@ _Static_assert(__builtin_offsetof(struct pm_exec, build_tgid) == 80, "pm_exec.bu
 _Static_assert(__builtin_offsetof(struct pm_exec, nodename) == 88, "pm_exec.nodename");
 _Static_assert(sizeof(struct pm_exit) == 32, "pm_exit size");
 _Static_assert(sizeof(struct pm_stderr) == 32, "pm_stderr size");
-_Static_assert(sizeof(struct pm_config) == 88, "pm_config size");
+_Static_assert(sizeof(struct pm_config) == 96, "pm_config size");
 _Static_assert(sizeof(struct pm_counters) == 18 * 8, "pm_counters size");
 _Static_assert(sizeof(struct pm_exec) % 8 == 0, "records stay 8-byte aligned");
 _Static_assert(PM_ARGV_MAX + PM_PATH_MAX + 2 * (PM_PATH_MAX + PM_NAME_MAX) < PM_DATA_MASK,

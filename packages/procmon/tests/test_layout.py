@@ -57,6 +57,11 @@ CONSTANTS: dict[str, int] = {
     "PM_TOOL_COMPILER": events.TOOL_COMPILER,
     "PM_TOOL_INTERPRETER": events.TOOL_INTERPRETER,
 }
+# The kernel's tools bloom filter and tracer.py's must set the same bit for a name.
+for _name in (b"gcc", b"cc1plus", b"python3.11", b"x86_64-linux-gnu-gcc-12"):
+    CONSTANTS[f"PM_TOOL_BLOOM_BIT({_name[0]},{_name[-1]},{len(_name)})"] = events.tool_bloom_bit(
+        _name
+    )
 
 
 def header_fields() -> dict[str, list[str]]:

@@ -103,7 +103,13 @@ class PmConfig(ctypes.Structure):
         ("wakeup_bytes", _u32),
         ("capture_stderr", _u32),
         ("stderr_budget", _u32),
+        ("tool_bloom", _u64),
     )
+
+
+def tool_bloom_bit(name: bytes) -> int:
+    """PM_TOOL_BLOOM_BIT of procmon_event.h for an exe basename (without NUL)."""
+    return (name[0] * 7 + name[-1] * 3 + len(name)) & 63
 
 
 class PmCounters(ctypes.Structure):

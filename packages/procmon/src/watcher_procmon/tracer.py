@@ -28,6 +28,7 @@ from watcher_procmon.events import (
     PmConfig,
     PmCounters,
     decode,
+    tool_bloom_bit,
 )
 from watcher_procmon.objpath import find_bpf_object
 from watcher_procmon.records import BootClock, Pairer, ProcessRecord
@@ -166,6 +167,7 @@ class Tracer:
             wakeup_bytes=cfg.wakeup_bytes,
             capture_stderr=int(cfg.capture_stderr),
             stderr_budget=cfg.stderr_budget,
+            tool_bloom=sum({1 << tool_bloom_bit(n.encode()) for n in TOOL_CLASSES}),
         )
         obj.map(CONFIG_MAP).set_initial_value(c)
         obj.load()
