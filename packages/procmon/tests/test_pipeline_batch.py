@@ -3,6 +3,10 @@ is captured (order, dedup, a full outbox)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import time
+from dataclasses import replace
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry
@@ -80,5 +84,33 @@ def test_unbatched_feed_still_stores_at_once(tmp_path: Path) -> None:
     for ev in _runs(2):
         pipe.feed(ev)
     assert _pids(outbox) == [1000, 1001]
+    pipe.close()
+    outbox.close()
+
+
+def test_exec_to_outbox_is_observed_once_the_batch_commits(tmp_path: Path) -> None:
+    """A python3 exec whose script is read (through this very process's root)."""
+    script = tmp_path / "main.py"
+    script.write_text("print(1)\n")
+    me = os.getpid()
+    ticks = int(Path(f"/proc/{me}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    fork_ns = ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    ev = replace(
+        _exec(me, time.clock_gettime_ns(time.CLOCK_BOOTTIME)),
+        fork_ns=fork_ns,
+        exe="/usr/bin/python3",
+        filename="/usr/bin/python3",
+        argv=("python3", "main.py"),
+        cwd=str(tmp_path),
+    )
+    outbox = Outbox(tmp_path / "outbox.db")
+    metrics = ProcmonMetrics(CollectorRegistry())
+    pipe = Pipeline(outbox, metrics=metrics)
+    pipe.feed_many([ev, ExitEvent(ev.ts_ns + 1000, me, 0, me)])
+    hist = metrics.exec_to_outbox.collect()[0].samples
+    assert [s.value for s in hist if s.name.endswith("_count")] == [1.0]
+    batch = outbox.next_batch(10, 1 << 20)
+    (run,) = [ProcessRun.model_validate_json(e.body) for e in batch]
+    assert run.source_files[0].sha256 == hashlib.sha256(b"print(1)\n").hexdigest()
     pipe.close()
     outbox.close()

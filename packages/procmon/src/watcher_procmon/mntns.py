@@ -242,21 +242,22 @@ class Namespaces:
             )
         if found is None:
             return None
-        fd = pidfd = -1
         try:
-            fd = os.open("mountinfo", os.O_RDONLY | os.O_CLOEXEC, dir_fd=found.pid_fd)
-            ws = self._read(fd)
-            pidfd = os.pidfd_open(found.pid)
-            # the pid may have been recycled before pidfd_open: /proc/<pid> opened earlier
-            # answers only while that same process lives
-            os.stat("stat", dir_fd=found.pid_fd)
-        except OSError:
-            for f in (fd, pidfd):
-                if f >= 0:
-                    os.close(f)
-            return None
+            try:
+                fd = os.open("mountinfo", os.O_RDONLY | os.O_CLOEXEC, dir_fd=found.pid_fd)
+            except OSError:
+                return None
+            try:
+                ws = self._read(fd)
+            except OSError:
+                os.close(fd)
+                return None
+            pidfd = _pidfd(found.pid, found.pid_fd)
         finally:
             os.close(found.pid_fd)
+        if pidfd is None:  # the anchor just exited: the answer holds, but is not kept
+            os.close(fd)
+            return ws
         self._cache[ev.mntns] = _Cached(ws, found.pid, fd, pidfd)
         while len(self._cache) > MAX_CACHED:
             self._cache.popitem(last=False)[1].close()
@@ -285,6 +286,23 @@ class Namespaces:
     def close(self) -> None:
         while self._cache:
             self._cache.popitem()[1].close()
+
+
+def _pidfd(pid: int, pid_dir_fd: int) -> int | None:
+    """A pidfd of the process whose ``/proc/<pid>`` is ``pid_dir_fd``; None if it is gone
+    (or pidfds are not available)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        # the pid may have been recycled before pidfd_open: the /proc/<pid> directory
+        # opened earlier answers only while that same process lives
+        os.stat("stat", dir_fd=pid_dir_fd)
+    except OSError:
+        os.close(pidfd)
+        return None
+    return pidfd
 
 
 def _read_all(fd: int, limit: int) -> bytes:
