@@ -39,13 +39,13 @@ export async function render(ctx) {
   timeline.onMore = async (cursor) => {
     timeline.add(await getJSON(url(`${base}/timeline`, { limit: PAGE, cursor, kinds: kinds.join(',') })));
   };
-  // The timeline is asked for first and alone with the cheap file list: the class-wide
-  // analytics (the slowest call, pure server CPU) would otherwise share the server's one
-  // core with it and hold the page's main content back.
+  // The timeline is asked for first and alone; the file list and the class-wide analytics
+  // (the slowest call, pure server CPU) once it answered: they would otherwise share the
+  // server's core with it and hold the page's main content back.
   const first = getJSON(url(`${base}/timeline`, { limit: PAGE, kinds: kinds.join(',') }));
   const parts = [
     first.then((page) => ctx.alive() && timeline.add(page)),
-    getJSON(`${base}/files`).then((files) => ctx.alive() && filesBox.replaceChildren(
+    first.catch(() => null).then(() => ctx.alive() ? getJSON(`${base}/files`) : null).then((files) => files && ctx.alive() && filesBox.replaceChildren(
       h('h2', {}, t('student.files')),
       h('ul', { class: 'files', 'data-testid': 'files' }, files.map((fi) => h('li', {},
         h('a', { href: replay(fi.path), 'data-testid': 'file-link' }, fi.path),
