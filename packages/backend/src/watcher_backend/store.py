@@ -148,6 +148,12 @@ INS_FILE = (
     "last_sha256) VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 UPD_FILE = "UPDATE files SET deleted = ?, last_sha256 = ? WHERE id = ?"
+# SQLite (3.33+): the same for many files in one statement (RawSql.insert_many repeats
+# its "VALUES (...)" row; rows are (id, deleted, last_sha256), ids unique per batch)
+UPD_FILES_FROM = (
+    "UPDATE files SET deleted = v.column2, last_sha256 = v.column3 "
+    "FROM (VALUES (?, ?, ?)) AS v WHERE files.id = v.column1"
+)
 
 INS_BLOB = (
     "INSERT INTO blobs (sha256, size, stored_size, codec, data, created_us) "
@@ -573,26 +579,29 @@ class _Batch:
         raw = self.raw
         # Parents before children (foreign keys): events, blobs, snapshots, file_events...
         if self.events:
-            raw.executemany(INS_EVENT, self.events)
+            raw.insert_many(INS_EVENT, self.events)
         if self.blobs:
-            raw.executemany(INS_BLOB, list(self.blobs.values()))
+            raw.insert_many(INS_BLOB, list(self.blobs.values()))
         if self.snapshots:
-            raw.executemany(INS_SNAPSHOT, self.snapshots)
-            raw.executemany(
+            raw.insert_many(INS_SNAPSHOT, self.snapshots)
+            raw.insert_many(
                 INS_STATS[raw.dialect], [(a, s, *t) for (a, s), t in self.stats.items()]
             )
         if self.file_events:
-            raw.executemany(INS_FILE_EVENT, self.file_events)
+            raw.insert_many(INS_FILE_EVENT, self.file_events)
         if self.runs:
-            raw.executemany(INS_RUN, self.runs)
+            raw.insert_many(INS_RUN, self.runs)
         if self.run_sources:
-            raw.executemany(INS_RUN_SOURCE, self.run_sources)
+            raw.insert_many(INS_RUN_SOURCE, self.run_sources)
         if self.cells:
-            raw.executemany(INS_CELL, self.cells)
+            raw.insert_many(INS_CELL, self.cells)
         if self.dirty:
-            raw.executemany(
-                UPD_FILE, [(s.deleted, s.last_sha256, s.id) for s in self.dirty.values()]
-            )
+            rows = [(s.id, s.deleted, s.last_sha256) for s in self.dirty.values()]
+            if raw.dialect == "sqlite":
+                # one UPDATE ... FROM (VALUES ...) per 256 files, not one step per file
+                raw.insert_many(UPD_FILES_FROM, rows)
+            else:
+                raw.executemany(UPD_FILE, [(d, sha, i) for i, d, sha in rows])
 
 
 def _existing_ids(raw: RawSql, ids: list[str]) -> set[str]:
