@@ -7,7 +7,7 @@ them), never verdicts. Times are UTC on the wire; the heatmap buckets in Asia/Se
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import Connection, select
 
+from watcher_backend import analytics_cache as cache
 from watcher_backend import analytics_metrics as m
 from watcher_backend import analytics_sql as q
 from watcher_backend import export_csv, export_progsnap2, lookup
@@ -258,44 +259,40 @@ def error_summary(
     with request.app.state.engine.connect() as conn:
         cls, asg = _scope(conn, class_div, hw)
         roster = dict(q.students(conn, cls))
-        builds = q.builds(conn, asg)
+        states = cache.refresh(conn, cls, asg)
+    # Merged in student order, each student's templates in first-seen order: the same
+    # order (ties in most_common) and examples as walking every build in that order.
     occurrences: Counter[str] = Counter()
     in_builds: Counter[str] = Counter()
-    students: defaultdict[str, set[int]] = defaultdict(set)
+    students: Counter[str] = Counter()
     example: dict[str, str] = {}
-    per_student: defaultdict[int, list[q.BuildRow]] = defaultdict(list)
-    for b in builds:
-        per_student[b.student_pk].append(b)
-        seen: set[str] = set()
-        for d in q.errors_of(b.diagnostics):
-            msg = str(d.get("message", ""))
-            tpl = m.error_template(msg)
-            occurrences[tpl] += 1
-            example.setdefault(tpl, msg)
-            students[tpl].add(b.student_pk)
-            seen.add(tpl)
-        in_builds.update(seen)
     stuck = []
-    for pk, seq in per_student.items():
-        worst, n = m.longest_repeat([q.as_compile(b) for b in seq])
-        if n >= stuck_streak:
+    for pk in sorted(states):
+        st = states[pk]
+        for tpl, (occ, nb, msg) in st.errors.items():
+            occurrences[tpl] += occ
+            in_builds[tpl] += nb
+            students[tpl] += 1
+            example.setdefault(tpl, msg)
+        worst, n = st.longest_repeat()
+        if st.builds and n >= stuck_streak and st.build_last_us is not None:
             stuck.append(StuckStudent(
                 student_id=roster.get(pk, "?"), template=worst, streak=n,
-                last_build=from_us(seq[-1].start_us),
+                last_build=from_us(st.build_last_us),
             ))  # fmt: skip
     stuck.sort(key=lambda s: (-s.streak, s.student_id))
     return ErrorSummary(
         class_div=class_div,
         assignment=hw,
-        builds=len(builds),
-        failed_builds=sum(1 for b in builds if b.ok is False),
+        builds=sum(st.builds for st in states.values()),
+        failed_builds=sum(st.builds_failed for st in states.values()),
         top=[
             ErrorCount(
                 template=t,
                 example=example[t],
                 occurrences=n,
                 builds=in_builds[t],
-                students=len(students[t]),
+                students=students[t],
             )
             for t, n in occurrences.most_common(limit)
         ],
@@ -333,13 +330,17 @@ def heatmap(
         ids = [int(i) for (i,) in conn.execute(stmt).all()]
         if assignment is not None and not ids:
             raise HTTPException(404, f"unknown assignment {assignment!r}")
-        cells = q.heatmap(conn, cls, ids) if ids else []
+        states = [st for asg in ids for st in cache.refresh(conn, cls, asg).values()]
     kinds: tuple[HeatKind, ...] = ("save", "build", "run", "cell")
     by_kind = {k: [[0] * 24 for _ in range(7)] for k in kinds}
     total = [[0] * 24 for _ in range(7)]
-    for wd, hr, kind, n in cells:
-        by_kind[kind][wd][hr] += n  # type: ignore[index]
-        total[wd][hr] += n
+    for st in states:
+        for kind, buckets in st.heat.items():
+            grid = by_kind[kind]  # type: ignore[index]
+            for key, n in buckets.items():
+                wd, hr = divmod(int(key), 24)
+                grid[wd][hr] += n
+                total[wd][hr] += n
     return Heatmap(
         class_div=class_div,
         assignment=assignment,

@@ -15,6 +15,7 @@ from fastapi import Depends, Query
 from pydantic import BaseModel
 from sqlalchemy import Connection
 
+from watcher_backend import analytics_cache as cache
 from watcher_backend import analytics_metrics as m
 from watcher_backend import analytics_sql as q
 from watcher_common.timeutil import from_us
@@ -97,10 +98,18 @@ def student_figures(
     near_final: int,
     median_us: float | None,
     p: Params,
+    compiled: tuple[float | None, float, int] | None = None,
 ) -> StudentFigures:
+    """``compiled``: (EQ, RED, longest repeat) when known (cache), else from c.compiles."""
     finished = c.builds_ok + c.builds_failed
     started = bool(c.saves or c.builds or c.runs or c.cells)
-    streak = m.longest_repeat(c.compiles)[1]
+    if compiled is None:
+        compiled = (
+            m.error_quotient(c.compiles),
+            m.repeated_error_density(c.compiles),
+            m.longest_repeat(c.compiles)[1],
+        )
+    eq, red, streak = compiled
     flags: list[Flag] = []
     if c.paste_like:
         flags.append("paste_like")
@@ -127,8 +136,8 @@ def student_figures(
         first_activity=from_us(c.first_us) if c.first_us is not None else None,
         last_activity=from_us(c.last_us) if c.last_us is not None else None,
         time_on_task_s=tot_us / m.US,
-        error_quotient=m.error_quotient(c.compiles),
-        repeated_error_density=m.repeated_error_density(c.compiles),
+        error_quotient=eq,
+        repeated_error_density=red,
         longest_repeat=streak,
         paste_like=c.paste_like,
         first_save_near_final=near_final,
@@ -137,9 +146,19 @@ def student_figures(
 
 
 def assignment_figures(
-    conn: Connection, cls: int, asg: int, p: Params, student_pk: int | None = None
+    conn: Connection,
+    cls: int,
+    asg: int,
+    p: Params,
+    student_pk: int | None = None,
+    *,
+    use_cache: bool = True,
 ) -> tuple[list[StudentFigures], ClassStats]:
-    """Figures for every student of the class (or one), with class-wide statistics."""
+    """Figures for every student of the class (or one), with class-wide statistics: from
+    the cache at the default thresholds, else (and with ``use_cache=False``) from every
+    row of the assignment."""
+    if use_cache and cacheable(p):
+        return cached_figures(conn, cls, asg, p, student_pk)
     roster = q.students(conn, cls)
     counts = q.counts(conn, asg, student_pk)
     tot = q.time_on_task(conn, asg, p.idle_us)  # whole class: the median needs everyone
@@ -163,6 +182,41 @@ def assignment_figures(
     stats = ClassStats(
         students=len(roster),
         started=started,
+        median_time_on_task_s=median_us / m.US if median_us is not None else None,
+    )
+    return rows, stats
+
+
+def cacheable(p: Params) -> bool:
+    """The cache holds time on task and paste-like saves at the default thresholds; the
+    other thresholds apply to cached values at read time."""
+    d = Params()
+    return (p.idle_minutes, p.paste_bytes, p.paste_seconds) == (
+        d.idle_minutes,
+        d.paste_bytes,
+        d.paste_seconds,
+    )
+
+
+def cached_figures(
+    conn: Connection, cls: int, asg: int, p: Params, student_pk: int | None = None
+) -> tuple[list[StudentFigures], ClassStats]:
+    """assignment_figures from the per-student cache (analytics_cache), same results."""
+    roster = q.students(conn, cls)
+    states = cache.refresh(conn, cls, asg)
+    median_us = m.median([s.tot_us for s in states.values()])
+    empty = cache.State()
+    rows = []
+    for pk, sid in roster:
+        if student_pk is not None and pk != student_pk:
+            continue
+        s = states.get(pk, empty)
+        compiled = (s.error_quotient(), s.repeated_error_density(), s.longest_repeat()[1])
+        near = s.near_final(p.first_save_ratio)
+        rows.append(student_figures(sid, s.counts(), s.tot_us, near, median_us, p, compiled))
+    stats = ClassStats(
+        students=len(roster),
+        started=len(states),
         median_time_on_task_s=median_us / m.US if median_us is not None else None,
     )
     return rows, stats

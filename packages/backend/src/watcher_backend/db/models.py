@@ -241,3 +241,26 @@ class AssignmentStudentStatsRow(Base):
     snapshots: Mapped[int] = mapped_column(BigInteger)
     size_sum: Mapped[int] = mapped_column(BigInteger)
     last_ts_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class AnalyticsCacheRow(Base):
+    """Per (assignment, student) analytics at the default thresholds, kept by the read side.
+
+    ``analytics_cache.refresh`` brings a row up to date before the dashboard reads it: it
+    folds in the student's snapshots, runs and cells newer than the ones counted here
+    (``*_n`` rows up to id ``*_max_id``), or recomputes the student when rows arrived out
+    of time order or went missing (migration 0006). ``state`` holds the figures and the
+    running sums they continue from (``analytics_cache.State``).
+    """
+
+    __tablename__ = "analytics_cache"
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"), primary_key=True)
+    student_pk: Mapped[int] = mapped_column(ForeignKey("students.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer)
+    snap_n: Mapped[int] = mapped_column(BigInteger)
+    snap_max_id: Mapped[int] = mapped_column(BigInteger)
+    run_n: Mapped[int] = mapped_column(BigInteger)
+    run_max_id: Mapped[int] = mapped_column(BigInteger)
+    cell_n: Mapped[int] = mapped_column(BigInteger)
+    cell_max_id: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON)

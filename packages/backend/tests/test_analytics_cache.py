@@ -1,0 +1,231 @@
+"""The analytics cache gives exactly what computing from every row gives: after the first
+fill, after further ingest (folded in incrementally), after late events older than what
+was counted (the student is recomputed), after deletes/renames, and after rows vanish.
+
+The reference is computed here from all rows with the pure metrics (analytics_metrics)
+and the row-level SQL (analytics_sql), independently of the cache (SQLite and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import Engine, delete, select
+from starlette.testclient import TestClient
+
+from watcher_backend import analytics_cache as cache
+from watcher_backend import analytics_metrics as m
+from watcher_backend import analytics_sql as q
+from watcher_backend import lookup
+from watcher_backend.analytics_figures import Params, assignment_figures
+from watcher_backend.db.tables import FILE_EVENTS, SNAPSHOTS
+from watcher_backend.demo_data import EventFactory, diag
+from watcher_common.timeutil import from_us
+
+BASE = "/api/v1/classes/os-1/assignments/hw1"
+T0 = datetime(2024, 3, 4, 0, 0, tzinfo=UTC)
+STUDENTS = [f"2024{n:05d}" for n in range(6)]
+ERRORS = [
+    "‘x’ undeclared (first use in this function)",
+    "‘y’ undeclared (first use in this function)",
+    "expected ‘;’ before ‘return’",
+    "expected ';' before '}' token",
+    "too many arguments to function ‘f’; expected 2, have 3",
+]
+
+
+def events(f: EventFactory, rng: random.Random, start: float, n: int) -> list[dict[str, Any]]:
+    """n random events per student (5 of 6 students) from ``start`` seconds on: saves of
+    two files (some paste-like jumps), builds failing with repeated errors, runs ending by
+    signals, notebook cells; gaps from seconds to over the idle threshold."""
+    out = []
+    for sid in STUDENTS[:-1]:  # the last student never starts
+        t = start
+        sizes = {"main.c": 0, "util.c": 0}
+        for _ in range(n):
+            t += rng.choice([1, 5, 20, 45, 90, 400, 900])
+            ts = T0 + timedelta(seconds=t)
+            k = rng.random()
+            if k < 0.5:
+                path = rng.choice(list(sizes))
+                sizes[path] = max(1, sizes[path] + rng.choice([-50, 10, 40, 350, 900]))
+                out.append(f.save(sid, "hw1", path, ts, bytes(rng.randrange(256) for _ in
+                                                              range(sizes[path]))))  # fmt: skip
+            elif k < 0.8:
+                picked = rng.sample(ERRORS[:3], 1) if rng.random() < 0.7 else ERRORS[3:]
+                diags = [diag(e, 3, 1) for e in picked] if rng.random() < 0.6 else []
+                if rng.random() < 0.2:
+                    diags.append(diag("unused variable ‘z’", 2, 1, severity="warning"))
+                out.append(f.build(sid, "hw1", ts, diags))
+            elif k < 0.92:
+                sig = rng.choice([None, None, 11, 2, 6])
+                out.append(f.run(sid, "hw1", ts, signal=sig))
+            else:
+                out.append(f.cell(sid, "hw1", ts, rng.randrange(5), ok=rng.random() < 0.7))
+    return out
+
+
+def reference(engine: Engine) -> dict[str, Any]:
+    """Summary rows, error summary and heatmap computed from every row (no cache)."""
+    with engine.connect() as conn:
+        cls, asg = lookup.class_assignment(conn, "os-1", "hw1") or (0, 0)
+        rows, stats = assignment_figures(conn, cls, asg, Params(), use_cache=False)
+        roster = dict(q.students(conn, cls))
+        builds = q.builds(conn, asg)
+        heat = q.heatmap(conn, cls, [asg])
+    occ: Counter[str] = Counter()
+    in_builds: Counter[str] = Counter()
+    who: defaultdict[str, set[int]] = defaultdict(set)
+    example: dict[str, str] = {}
+    per: defaultdict[int, list[q.BuildRow]] = defaultdict(list)
+    for b in builds:
+        per[b.student_pk].append(b)
+        seen = set()
+        for d in q.errors_of(b.diagnostics):
+            tpl = m.error_template(d["message"])
+            occ[tpl] += 1
+            example.setdefault(tpl, d["message"])
+            who[tpl].add(b.student_pk)
+            seen.add(tpl)
+        in_builds.update(seen)
+    stuck = []
+    for pk, seq in per.items():
+        tpl, n = m.longest_repeat([q.as_compile(b) for b in seq])
+        if n >= 2:
+            stuck.append((roster[pk], tpl, n, from_us(seq[-1].start_us)))
+    total = [[0] * 24 for _ in range(7)]
+    for wd, hr, _kind, n in heat:
+        total[wd][hr] += n
+    return {
+        "items": [r.model_dump(mode="json") for r in rows],
+        "stats": stats.model_dump(mode="json"),
+        "errors": (
+            len(builds),
+            sum(1 for b in builds if b.ok is False),
+            [(t, example[t], n, in_builds[t], len(who[t])) for t, n in occ.most_common(50)],
+            sorted(stuck, key=lambda s: (-s[2], s[0])),
+        ),
+        "heat": total,
+    }
+
+
+def served(c: TestClient) -> dict[str, Any]:
+    s = c.get(f"{BASE}/summary", params={"limit": 1000}).json()
+    e = c.get(f"{BASE}/errors", params={"limit": 50, "stuck_streak": 2}).json()
+    h = c.get("/api/v1/classes/os-1/heatmap", params={"assignment": "hw1"}).json()
+    return {
+        "items": s["items"],
+        "stats": s["stats"],
+        "errors": (
+            e["builds"],
+            e["failed_builds"],
+            [
+                (t["template"], t["example"], t["occurrences"], t["builds"], t["students"])
+                for t in e["top"]
+            ],
+            [
+                (x["student_id"], x["template"], x["streak"], datetime.fromisoformat(x["last_build"]))
+                for x in e["stuck"]
+            ],
+        ),
+        "heat": h["total"],
+    }
+
+
+def cached_rows(engine: Engine) -> dict[int, tuple[int, int, int]]:
+    with engine.connect() as conn:
+        rows = conn.execute(select(cache.CACHE.c.student_pk, cache.CACHE.c.snap_n,
+                                   cache.CACHE.c.run_n, cache.CACHE.c.cell_n)).all()  # fmt: skip
+    return {int(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+
+
+@pytest.fixture
+def env(
+    app: FastAPI, client: TestClient, agent_headers: dict[str, str], reader_headers: dict[str, str]
+) -> tuple[TestClient, Engine, Any]:
+    def post(evs: list[dict[str, Any]]) -> None:
+        for i in range(0, len(evs), 500):
+            r = client.post("/api/v1/events", json={"events": evs[i : i + 500]},
+                            headers=agent_headers)  # fmt: skip
+            assert r.status_code == 200, r.text
+            assert {x["status"] for x in r.json()["results"]} == {"stored"}
+
+    client.headers.update(reader_headers)
+    # the roster: every student (the last one only ever appears through another assignment)
+    f = EventFactory("os-1", prefix="roster")
+    post([f.save(s, "hw0", "x.c", T0, b"x") for s in STUDENTS])
+    return client, app.state.engine, post
+
+
+def test_cache_is_exact_through_ingest_late_events_and_deletes(
+    env: tuple[TestClient, Engine, Any],
+) -> None:
+    c, engine, post = env
+    rng = random.Random(6)
+    f = EventFactory("os-1", prefix="cache")
+    post(events(f, rng, 0, 60))
+    first = served(c)
+    assert first == reference(engine)
+    assert first["stats"]["started"] == 5 and len(cached_rows(engine)) == 5
+    assert any(r["flags"] for r in first["items"])  # the data exercises the flags
+
+    # further ingest, all later: folded into the cached rows
+    before = cached_rows(engine)
+    post(events(f, rng, 10 * 3600, 40))
+    assert served(c) == reference(engine)
+    after = cached_rows(engine)
+    assert all(after[pk] > before[pk] for pk in before)
+
+    # late, out-of-order events (older than everything counted) for two students
+    late = [e for e in events(f, rng, -3600, 10) if e["student_id"] in STUDENTS[1:3]]
+    post(late)
+    assert served(c) == reference(engine)
+
+    # deletes and renames are file events, not saves: figures unchanged, still exact
+    t = T0 + timedelta(hours=20)
+    post([f.delete(STUDENTS[0], "hw1", "util.c", t),
+          f.rename(STUDENTS[1], "hw1", "main.c", "src/main.c", t),
+          f.save(STUDENTS[1], "hw1", "src/main.c", t + timedelta(seconds=5), b"int x;\n" * 60)])  # fmt: skip
+    assert served(c) == reference(engine)
+
+    # rows removed behind the cache's back (maintenance): the count drops, recomputed
+    with engine.begin() as conn:
+        cls, asg = lookup.class_assignment(conn, "os-1", "hw1") or (0, 0)
+        pk = lookup.student_pk(conn, cls, STUDENTS[2])
+        ids = conn.execute(select(SNAPSHOTS.c.id).where(SNAPSHOTS.c.assignment_id == asg,
+                                                        SNAPSHOTS.c.student_pk == pk)
+                           .order_by(SNAPSHOTS.c.ts_us).limit(3)).scalars().all()  # fmt: skip
+        conn.execute(delete(FILE_EVENTS).where(FILE_EVENTS.c.snapshot_id.in_(ids)))
+        conn.execute(delete(SNAPSHOTS).where(SNAPSHOTS.c.id.in_(ids)))
+    assert served(c) == reference(engine)
+
+    # a cached row of an older format is recomputed, not trusted
+    with engine.begin() as conn:
+        conn.execute(cache.CACHE.update().values(version=0, state={}))
+    assert served(c) == reference(engine)
+
+
+def test_other_thresholds_bypass_the_cache(env: tuple[TestClient, Engine, Any]) -> None:
+    c, engine, post = env
+    post(events(EventFactory("os-1", prefix="p"), random.Random(7), 0, 50))
+    params = {"idle_minutes": 2, "paste_bytes": 100, "paste_seconds": 60, "limit": 1000,
+              "first_save_ratio": 0.5, "low_activity_ratio": 0.9, "stuck_streak": 2}  # fmt: skip
+    got = c.get(f"{BASE}/summary", params=params).json()
+    p = Params(2, 100, 60, 0.5, 0.9, 2)
+    with engine.connect() as conn:
+        cls, asg = lookup.class_assignment(conn, "os-1", "hw1") or (0, 0)
+        rows, _ = assignment_figures(conn, cls, asg, p, use_cache=False)
+    assert got["items"] == [r.model_dump(mode="json") for r in rows]
+    # the cached thresholds-at-read-time (first_save_ratio, low_activity, stuck) agree too
+    only_read_time = {k: params[k] for k in ("first_save_ratio", "low_activity_ratio",
+                                             "stuck_streak", "limit")}  # fmt: skip
+    got = c.get(f"{BASE}/summary", params=only_read_time).json()
+    with engine.connect() as conn:
+        rows, _ = assignment_figures(conn, cls, asg, Params(10, 300, 30, 0.5, 0.9, 2),
+                                     use_cache=False)  # fmt: skip
+    assert got["items"] == [r.model_dump(mode="json") for r in rows]
