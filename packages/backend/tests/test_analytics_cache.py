@@ -114,6 +114,10 @@ def reference(engine: Engine) -> dict[str, Any]:
     }
 
 
+def when(iso: str) -> datetime:
+    return datetime.fromisoformat(iso)
+
+
 def served(c: TestClient) -> dict[str, Any]:
     s = c.get(f"{BASE}/summary", params={"limit": 1000}).json()
     e = c.get(f"{BASE}/errors", params={"limit": 50, "stuck_streak": 2}).json()
@@ -129,7 +133,7 @@ def served(c: TestClient) -> dict[str, Any]:
                 for t in e["top"]
             ],
             [
-                (x["student_id"], x["template"], x["streak"], datetime.fromisoformat(x["last_build"]))
+                (x["student_id"], x["template"], x["streak"], when(x["last_build"]))
                 for x in e["stuck"]
             ],
         ),
@@ -188,9 +192,10 @@ def test_cache_is_exact_through_ingest_late_events_and_deletes(
 
     # deletes and renames are file events, not saves: figures unchanged, still exact
     t = T0 + timedelta(hours=20)
+    later = t + timedelta(seconds=5)
     post([f.delete(STUDENTS[0], "hw1", "util.c", t),
           f.rename(STUDENTS[1], "hw1", "main.c", "src/main.c", t),
-          f.save(STUDENTS[1], "hw1", "src/main.c", t + timedelta(seconds=5), b"int x;\n" * 60)])  # fmt: skip
+          f.save(STUDENTS[1], "hw1", "src/main.c", later, b"int x;\n" * 60)])  # fmt: skip
     assert served(c) == reference(engine)
 
     # rows removed behind the cache's back (maintenance): the count drops, recomputed
