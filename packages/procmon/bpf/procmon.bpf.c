@@ -6,14 +6,14 @@
  *                                 whose UTS nodename starts with config.prefix
  *   tp_btf/sched_process_exit  -> one pm_exit record when the last thread of a tracked
  *                                 thread group exits (group_dead)
- *   tp_btf/sys_enter           -> pm_stderr records: what compilers (and their children:
- *                                 cc1, as, collect2, ld ...) write to fd 2, bounded per build.
- *                                 Attached only when userspace enables stderr capture.
- *                                 Why raw sys_enter: fentry/fexit/lsm (trampolines) and
- *                                 kprobes are refused or absent on the target nodes, and
- *                                 syscalls/sys_enter_write needs a tracefs mount; measured
- *                                 here, the syscall-tracing slow path that any syscall hook
- *                                 switches on costs more than this program's one compare.
+ *   tp/syscalls/sys_enter_write -> pm_stderr records: what compilers (and their children:
+ *   (or tp_btf/sys_enter)          cc1, as, collect2, ld ...) write to fd 2, bounded per
+ *                                  build. Loaded and attached only when userspace enables
+ *                                  stderr capture; userspace picks one of the two.
+ *                                  fentry/fexit/lsm (trampolines) are refused (EPERM) and
+ *                                  kprobes absent on the target nodes, so the write-only
+ *                                  hook is the syscall trace event (its id is in tracefs);
+ *                                  raw sys_enter, run on every syscall, is the fallback.
  *
  * Cost (every exec and exit on the node runs these; bench j measures them):
  *   - kernel memory is read with direct BTF loads (tp_btf arguments are trusted pointers,
@@ -777,18 +777,18 @@ int BPF_PROG(handle_exit, struct task_struct *task, bool group_dead)
 	return 0;
 }
 
-SEC("tp_btf/sys_enter")
-int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
+/*
+ * write(fd, buf, count) by the current task: a pm_stderr record if it is fd 2 of a captured
+ * process, within its build's budget. Everyone else pays one bitmap load.
+ */
+static __always_inline int capture_write(__u64 fd, __u64 buf, __u64 count)
 {
-	if (id != PM_NR_WRITE)
-		return 0;
-
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	__u32 b = capture_of(tgid);
 
 	if (!b)
 		return 0;
-	if (PT_REGS_PARM1_CORE_SYSCALL(regs) != 2)
+	if (fd != 2)
 		return 0; /* only fd 2: a compiler's stdout may be its output (-E, -S -o -) */
 
 	__u32 zero = 0;
@@ -800,7 +800,6 @@ int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
 	c->stderr_seen++;
 
 	__u64 *used = bpf_map_lookup_elem(&builds, &b);
-	__u64 count = PT_REGS_PARM3_CORE_SYSCALL(regs);
 	__u64 want = count < PM_STDERR_CHUNK ? count : PM_STDERR_CHUNK;
 
 	if (!used || want == 0) {
@@ -819,7 +818,7 @@ int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
 
 	if (n > PM_STDERR_CHUNK)
 		n = PM_STDERR_CHUNK; /* already true; tells the verifier */
-	if (n == 0 || bpf_probe_read_user(s->data, n, (void *)PT_REGS_PARM2_CORE_SYSCALL(regs))) {
+	if (n == 0 || bpf_probe_read_user(s->data, n, (void *)buf)) {
 		c->stderr_read_err++;
 		return 0;
 	}
@@ -840,4 +839,26 @@ int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
 	}
 	c->stderr_emitted++;
 	return 0;
+}
+
+/*
+ * The stderr hook userspace prefers: the syscalls:sys_enter_write trace event runs this
+ * only for write(2); every other syscall only tests a bit in the kernel (no BPF run).
+ * Attached through perf_event_open(), which needs the event's id from tracefs.
+ */
+SEC("tp/syscalls/sys_enter_write")
+int handle_write(struct trace_event_raw_sys_enter *ctx)
+{
+	return capture_write(ctx->args[0], ctx->args[1], ctx->args[2]);
+}
+
+/* The fallback when tracefs cannot be reached (no mount, no CAP_SYS_ADMIN to mount it
+ * privately): raw sys_enter runs on every syscall and returns after one compare. */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(handle_sys_enter, struct pt_regs *regs, long id)
+{
+	if (id != PM_NR_WRITE)
+		return 0;
+	return capture_write(PT_REGS_PARM1_CORE_SYSCALL(regs), PT_REGS_PARM2_CORE_SYSCALL(regs),
+			     PT_REGS_PARM3_CORE_SYSCALL(regs));
 }

@@ -57,6 +57,8 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_object__find_map_by_name": (_P, [_P, ctypes.c_char_p]),
     "bpf_program__attach": (_P, [_P]),
     "bpf_program__fd": (ctypes.c_int, [_P]),
+    "bpf_program__set_autoload": (ctypes.c_int, [_P, ctypes.c_bool]),
+    "bpf_program__attach_perf_event": (_P, [_P, ctypes.c_int]),
     "bpf_link__destroy": (ctypes.c_int, [_P]),
     "bpf_map__fd": (ctypes.c_int, [_P]),
     "bpf_map__set_max_entries": (ctypes.c_int, [_P, ctypes.c_uint32]),
@@ -212,14 +214,37 @@ class BpfObject:
         """Create maps, relocate and verify programs (needs CAP_BPF + CAP_PERFMON)."""
         _check(lib().bpf_object__load(self._obj()), f"load BPF object {self.path}")
 
-    def attach(self, program: str) -> Link:
+    def _prog(self, program: str) -> int:
         prog = lib().bpf_object__find_program_by_name(self._obj(), program.encode())
         if not prog:
             raise LibbpfError(f"program {program!r} not in {self.path}", errno_mod.ENOENT)
+        return int(prog)
+
+    def set_autoload(self, program: str, on: bool) -> None:
+        """Before load: whether ``program`` is loaded (and verified) at all."""
+        ret = lib().bpf_program__set_autoload(self._prog(program), on)
+        _check(ret, f"set autoload of program {program}")
+
+    def attach(self, program: str) -> Link:
+        prog = self._prog(program)
         ctypes.set_errno(0)
         ptr = lib().bpf_program__attach(prog)
         if not ptr:
             raise LibbpfError(f"attach program {program}", _errno())
+        link = Link(ptr, program)
+        self._links.append(link)
+        return link
+
+    def attach_perf_event(self, program: str, pfd: int) -> Link:
+        """Attach to an open perf event; the link owns ``pfd`` (closed with it), and on
+        failure it is closed here."""
+        prog = self._prog(program)
+        ctypes.set_errno(0)
+        ptr = lib().bpf_program__attach_perf_event(prog, pfd)
+        if not ptr:
+            err = _errno()
+            os.close(pfd)
+            raise LibbpfError(f"attach program {program} to perf event", err)
         link = Link(ptr, program)
         self._links.append(link)
         return link

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from watcher_procmon import libbpf
+from watcher_procmon import libbpf, tracepoint
 from watcher_procmon.events import (
     PREFIX_MAX,
     STDERR_BUDGET,
@@ -37,7 +37,10 @@ log = logging.getLogger("watcher_procmon.tracer")
 
 BTF_PATH = Path("/sys/kernel/btf/vmlinux")
 PROGRAMS = ("handle_exec", "handle_exit")
+# stderr capture: the write(2)-only trace event if its id can be had, else raw sys_enter
+WRITE_PROGRAM = "handle_write"
 STDERR_PROGRAM = "handle_sys_enter"
+WRITE_EVENT = ("syscalls", "sys_enter_write")
 CONFIG_MAP = ".rodata.cfg"  # the programs' const volatile struct pm_config
 
 # The kernel's "tools" map (see procmon_event.h): exe basenames after a version suffix and a
@@ -61,8 +64,10 @@ class TracerConfig:
     wakeup_every: int = 64  # wake the reader every N records per CPU ...
     wakeup_bytes: int = 16 << 10  # ... or at once for a record this large
     poll_ms: int = 50  # ... and read whatever is there at least this often
-    # compilers' stderr (diagnostics); off: the sys_enter program is not even attached
+    # compilers' stderr (diagnostics); off: no write hook is even loaded
     capture_stderr: bool = True
+    # False: skip the write(2) trace event and hook raw sys_enter (every syscall) instead
+    write_event: bool = True
     stderr_budget: int = STDERR_BUDGET  # bytes per build (driver + children)
     bpf_object: Path | None = None  # default: objpath.find_bpf_object()
 
@@ -145,6 +150,7 @@ class Tracer:
         self._events: list[Event] = []
         self._obj: libbpf.BpfObject | None = None
         self._rb: libbpf.RingBuffer | None = None
+        self.stderr_hook: str | None = None  # the attached stderr program (None: capture off)
         try:
             self._open(path, prefix)
         except OSError as exc:
@@ -170,6 +176,16 @@ class Tracer:
             tool_bloom=sum({1 << tool_bloom_bit(n.encode()) for n in TOOL_CLASSES}),
         )
         obj.map(CONFIG_MAP).set_initial_value(c)
+        # one stderr hook at most: write(2)'s trace event (other syscalls run no BPF at all)
+        # when its id can be found, else raw sys_enter
+        write_id = None
+        if cfg.capture_stderr and cfg.write_event:
+            write_id = tracepoint.event_id(*WRITE_EVENT)
+        obj.set_autoload(WRITE_PROGRAM, write_id is not None)
+        obj.set_autoload(STDERR_PROGRAM, cfg.capture_stderr and write_id is None)
+        self.stderr_hook = (
+            None if not cfg.capture_stderr else WRITE_PROGRAM if write_id else STDERR_PROGRAM
+        )
         obj.load()
         self._stats = obj.map("stats")
         self._counter_slot = (self._stats.value_size + 7) & ~7  # per-CPU values are 8-aligned
@@ -180,9 +196,16 @@ class Tracer:
         self._rb = libbpf.RingBuffer(obj.map("events"), self._on_record)
         for prog in PROGRAMS:
             obj.attach(prog)
-        if cfg.capture_stderr:
+        if write_id is not None:
+            obj.attach_perf_event(WRITE_PROGRAM, tracepoint.open_tracepoint(write_id))
+        elif cfg.capture_stderr:
             obj.attach(STDERR_PROGRAM)
-        log.info("procmon BPF attached (%s, prefix %r)", path, self.config.prefix)
+        log.info(
+            "procmon BPF attached (%s, prefix %r, stderr hook %s)",
+            path,
+            self.config.prefix,
+            self.stderr_hook,
+        )
 
     def _on_record(self, raw: bytes) -> None:
         self._events.append(decode(raw))
