@@ -10,6 +10,7 @@ app is a duplicate: stored once); bad ones must get the route's own 401/403/413/
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -351,3 +352,55 @@ def test_fast_path_is_counted_under_the_route_template(pair: Pair) -> None:
     bad = f'http_requests_total{{method="POST",route="{template}",status="422"}} 1.0'
     assert ok in text and bad in text
     assert S not in text  # no student id in any label
+
+
+def _versions(client: TestClient, sid: str) -> dict[str, int]:
+    r = client.get(
+        f"/api/v1/classes/os-1/assignments/hw1/students/{sid}/files",
+        headers={"Authorization": f"Bearer {READER_TOKEN}"},
+    )
+    return {f["path"]: f["versions"] for f in r.json()}
+
+
+def test_cached_at_name_follows_a_new_literal_file(pair: Pair, db_url: str) -> None:
+    # "x@y.c" is first read as x/y.c (cached on SQLite); once a file really named "x@y.c"
+    # exists, the very next compat POST must go to it (the cache was invalidated).
+    from watcher_backend import compat_names
+
+    cache = compat_names.cache_for(pair.fast_app.state.engine)
+    assert (cache is not None) == db_url.startswith("sqlite")
+    for stamp in ("20240301_100000", "20240301_100001", "20240301_100002"):
+        got = pair.call("fast", f"/api/os-1/hw1/{S}/x@y.c/{stamp}", b'{"bytes":1}', AGENT)
+        assert got[0] == 200
+        time.sleep(0.1)  # the file's creation blocks the cache until its barrier is back
+    assert _versions(pair.fast, S) == {"x/y.c": 3}
+    if cache is not None:
+        assert cache.hits >= 1  # the later POSTs were answered from the cache
+    event = {
+        "kind": "file.snapshot",
+        "event_id": "literal-name-2",
+        "agent": "filemon",
+        "agent_version": "t",
+        "ts": "2024-03-01T00:00:00+00:00",
+        "class_div": "os-1",
+        "student_id": S,
+        "assignment": "hw1",
+        "path": "x@y.c",
+        "size": 1,
+        "sha256": "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb",
+        "content_b64": "YQ==",
+    }
+    r = pair.fast.post(
+        "/api/v1/events",
+        json={"events": [event]},
+        headers={"Authorization": f"Bearer {AGENT_TOKEN}"},
+    )
+    assert r.json()["results"][0]["status"] == "stored", r.text
+    got = pair.call("fast", f"/api/os-1/hw1/{S}/x@y.c/20240301_100003", b'{"bytes":2}', AGENT)
+    assert got[0] == 200
+    assert _versions(pair.fast, S) == {"x/y.c": 3, "x@y.c": 2}
+    # and it stays so once the cache is open again
+    for stamp in ("20240301_100004", "20240301_100005"):
+        got = pair.call("fast", f"/api/os-1/hw1/{S}/x@y.c/{stamp}", b'{"bytes":3}', AGENT)
+        assert got[0] == 200
+    assert _versions(pair.fast, S) == {"x/y.c": 3, "x@y.c": 4}
