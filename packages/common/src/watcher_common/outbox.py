@@ -46,6 +46,7 @@ _RESERVE_FREE_FRACTION = 4
 _SQLITE_FULL = 13
 _SQLITE_BUSY = 5
 _SQLITE_LOCKED = 6
+_DELETE_CHUNK = 500  # ids per DELETE ... IN (...): below SQLite's 999-variable floor
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -586,16 +587,16 @@ class Outbox:
         removed = 0
         freed = 0
         shas: set[str] = set()
-        for event_id in event_ids:
-            row = db.execute(
-                "DELETE FROM events WHERE event_id = ? RETURNING size, blob_sha", (event_id,)
-            ).fetchone()
-            if row is None:
-                continue
-            removed += 1
-            freed += int(row[0])
-            if row[1] is not None:
-                shas.add(str(row[1]))
+        # one statement per chunk, not per event: an ack of a whole batch is the common case
+        for i in range(0, len(event_ids), _DELETE_CHUNK):
+            chunk = list(event_ids[i : i + _DELETE_CHUNK])
+            marks = ",".join("?" * len(chunk))  # placeholders only: the ids are bound
+            sql = f"DELETE FROM events WHERE event_id IN ({marks}) RETURNING size, blob_sha"  # noqa: S608
+            for size, blob_sha in db.execute(sql, chunk).fetchall():
+                removed += 1
+                freed += int(size)
+                if blob_sha is not None:
+                    shas.add(str(blob_sha))
         for sha in shas:
             row = db.execute(
                 "DELETE FROM blobs WHERE sha256 = ? AND NOT EXISTS"

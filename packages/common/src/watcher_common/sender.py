@@ -16,7 +16,7 @@ import logging
 import random
 import sqlite3
 import time
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -361,11 +361,12 @@ class Sender:
         acked: list[str] = []
         rejected: list[tuple[QueuedEvent, str]] = []
         retry: list[QueuedEvent] = []
+        statuses: Counter[str] = Counter()
         for r in results:
             event = by_id.pop(r.event_id, None)
             if event is None:
                 continue
-            self.metrics.sent.labels(status=r.status).inc()
+            statuses[r.status] += 1
             if r.status in ("stored", "duplicate"):
                 acked.append(event.event_id)
             elif r.status == "rejected":
@@ -373,6 +374,8 @@ class Sender:
             else:
                 retry.append(event)
         retry.extend(by_id.values())  # no answer for these: try again later
+        for status, n in statuses.items():  # one labelled update per status, not per event
+            self.metrics.sent.labels(status=status).inc(n)
         if acked:
             await asyncio.to_thread(self._outbox.ack, acked)
             pending.difference_update(acked)
