@@ -277,6 +277,53 @@ def test_snapshot_content_and_diff(
     assert client.get("/api/v1/diff", params={"from": v_old}, headers=h).status_code == 422
 
 
+def test_content_and_diff_cache_headers(
+    client: TestClient, agent_headers: dict[str, str], reader_headers: dict[str, str]
+) -> None:
+    """Content and diffs are fixed by their ids: an ETag to revalidate (304, no body), kept
+    privately by the browser; the answers read from the blob cache stay exact."""
+    old, new = b"int a;\n", b"int a;\nint b;\n"
+    ingest(
+        client, agent_headers, [snap("c.c", T0, old), snap("c.c", T0 + timedelta(seconds=9), new)]
+    )
+    h = reader_headers
+    v_old, v_new = (v["snapshot_id"] for v in _versions(client, h, "c.c"))
+
+    first = client.get(f"/api/v1/snapshots/{v_new}/content", headers=h)
+    assert first.content == new
+    assert first.headers["etag"] == f'"{hashlib.sha256(new).hexdigest()}"'
+    assert first.headers["cache-control"].startswith("private")
+    again = client.get(f"/api/v1/snapshots/{v_new}/content", headers=h)  # from the cache
+    assert again.content == new
+    r = client.get(
+        f"/api/v1/snapshots/{v_new}/content",
+        headers={**h, "If-None-Match": first.headers["etag"]},
+    )
+    assert (r.status_code, r.content) == (304, b"")
+    other = client.get(
+        f"/api/v1/snapshots/{v_old}/content",
+        headers={**h, "If-None-Match": first.headers["etag"]},
+    )
+    assert (other.status_code, other.content) == (200, old)
+
+    d = client.get("/api/v1/diff", params={"from": v_old, "to": v_new}, headers=h)
+    assert d.status_code == 200 and "+int b;" in d.text.splitlines()
+    etag = d.headers["etag"]
+    r = client.get(
+        "/api/v1/diff", params={"from": v_old, "to": v_new}, headers={**h, "If-None-Match": etag}
+    )
+    assert (r.status_code, r.content) == (304, b"")
+    back = client.get(
+        "/api/v1/diff", params={"from": v_new, "to": v_old}, headers={**h, "If-None-Match": etag}
+    )
+    assert back.status_code == 200 and "-int b;" in back.text.splitlines()
+    # an ETag never turns an unknown id into a 304
+    r = client.get(
+        "/api/v1/diff", params={"from": v_old, "to": 999999}, headers={**h, "If-None-Match": etag}
+    )
+    assert r.status_code == 404
+
+
 # ---- runs ----------------------------------------------------------------------------------------
 
 

@@ -8,6 +8,8 @@ Unknown names or ids are 404 here (unlike the compat API, which must answer empt
 from __future__ import annotations
 
 import difflib
+import threading
+from collections import OrderedDict
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -499,10 +501,52 @@ def get_snapshot(request: Request, snapshot_id: SnapshotId) -> SnapshotInfo:
         return _snapshot_info(_snapshot_row(conn, snapshot_id))
 
 
+class _BlobCache:
+    """Recently read file contents by sha256, decompressed. Content-addressed, so an entry
+    can never be stale; replay reads the same versions again and again (A, B, A → C ...)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.items: OrderedDict[str, bytes] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, conn: Connection, sha256: str) -> bytes | None:
+        with self.lock:
+            data = self.items.get(sha256)
+            if data is not None:
+                self.items.move_to_end(sha256)
+                return data
+        data = load_blob(conn, sha256)
+        if data is not None and len(data) <= self.max_bytes // 8:
+            with self.lock:
+                if sha256 not in self.items:
+                    self.items[sha256] = data
+                    self.size += len(data)
+                while self.size > self.max_bytes:
+                    self.size -= len(self.items.popitem(last=False)[1])
+        return data
+
+
+_blobs = _BlobCache(32 << 20)
+
+
 def _content(conn: Connection, snapshot_id: int) -> tuple[Any, bytes | None]:
     row = _snapshot_row(conn, snapshot_id)
-    data = load_blob(conn, row.sha256) if row.sha256 is not None else None
+    data = _blobs.get(conn, row.sha256) if row.sha256 is not None else None
     return row, data
+
+
+# A snapshot row never changes and its content is addressed by its sha256, so a content or
+# diff answer for given ids is the same forever: the browser may keep it (private: it is a
+# student's code, never for shared caches) and revalidate by ETag without the blob reads.
+_KEEP = "private, max-age=86400, immutable"
+
+
+def _not_modified(request: Request, etag: str) -> Response | None:
+    if etag in (t.strip() for t in request.headers.get("if-none-match", "").split(",")):
+        return Response(status_code=304, headers={"ETag": etag, "Cache-Control": _KEEP})
+    return None
 
 
 @router.get(
@@ -513,10 +557,19 @@ def _content(conn: Connection, snapshot_id: int) -> tuple[Any, bytes | None]:
 def get_snapshot_content(request: Request, snapshot_id: SnapshotId) -> Response:
     """The exact bytes of that version; 404 if only its size and time are known."""
     with request.app.state.engine.connect() as conn:
-        _, data = _content(conn, snapshot_id)
+        row = _snapshot_row(conn, snapshot_id)
+        etag = f'"{row.sha256}"'
+        # stored content: the ETag is known before the blob is read
+        if row.blob is not None and (cached := _not_modified(request, etag)) is not None:
+            return cached
+        data = _blobs.get(conn, row.sha256) if row.blob is not None else None
     if data is None:
         raise HTTPException(404, f"snapshot {snapshot_id} has no stored content (metadata only)")
-    return Response(content=data, media_type="application/octet-stream")
+    return Response(
+        content=data,
+        media_type="application/octet-stream",
+        headers={"ETag": etag, "Cache-Control": _KEEP},
+    )
 
 
 def _text(conn: Connection, snapshot_id: int) -> tuple[Any, str]:
@@ -554,15 +607,22 @@ def get_diff(
     to_id: Annotated[
         int, Query(alias="to", ge=_ID_MIN, le=_ID_MAX, description="snapshot id (new)")
     ],
-) -> PlainTextResponse:
+) -> Response:
     """Unified diff between two versions (any two snapshots); empty when identical.
     404 for an unknown id, 422 when either is metadata-only or binary."""
     with request.app.state.engine.connect() as conn:
         a, old = _text(conn, from_id)
         b, new = _text(conn, to_id)
+    # the labels (paths, times) and both contents are fixed by the two ids
+    etag = f'"d{from_id}-{to_id}"'
+    if (cached := _not_modified(request, etag)) is not None:
+        return cached
     label_a = f"a/{a.path}\t{from_us(a.ts_us).isoformat()}"
     label_b = f"b/{b.path}\t{from_us(b.ts_us).isoformat()}"
-    return PlainTextResponse(unified_diff(old, new, label_a, label_b))
+    return PlainTextResponse(
+        unified_diff(old, new, label_a, label_b),
+        headers={"ETag": etag, "Cache-Control": _KEEP},
+    )
 
 
 def _snapshot_with_hash(conn: Connection, run: Any, sha256: str) -> int | None:
