@@ -90,6 +90,10 @@ struct {
 	__type(value, __u64);
 } pidbits SEC(".maps");
 
+/* Processes with PM_CAPTURED set: while 0 (no build running), nobody's capture state is
+ * looked at, not even the one bit. Read-mostly, so it stays cached. */
+__u64 n_captured = 0;
+
 #define PM_TRACKED(tgid) (1ULL << (((tgid) % 32) * 2))
 #define PM_CAPTURED(tgid) (2ULL << (((tgid) % 32) * 2))
 
@@ -166,17 +170,19 @@ static __always_inline struct pm_counters *get_counters(void)
 }
 
 /*
- * Batch wakeups: the reader also polls on a timer (poll_ms), so most records need not wake
- * it. Every wakeup_every-th record per CPU still does, which bounds what can pile up
- * between two wakeups far below the ring's size, so no bpf_ringbuf_query() (two helper
- * calls per record) is needed to notice a filling ring.
+ * Batch wakeups (a wakeup is an irq_work, a self-IPI: microseconds in a VM): the reader
+ * also polls on a timer (poll_ms), so most records need not wake it. Every
+ * wakeup_every-th record per CPU still does, and every 64th checks the fill level (two
+ * helper calls) so that a burst of large records wakes the reader at a quarter full.
  */
 static __always_inline __u64 wakeup_flag(struct pm_counters *c, __u32 size, bool urgent)
 {
 	__u64 n = c->exec_emitted + c->exit_emitted + c->stderr_emitted;
 	__u32 every = cfg.wakeup_every;
 
-	if (urgent || every <= 1 || size >= cfg.wakeup_bytes || n % every == 0) {
+	if (urgent || every <= 1 || size >= cfg.wakeup_bytes || n % every == 0 ||
+	    (n % 64 == 0 && bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >
+				    bpf_ringbuf_query(&events, BPF_RB_RING_SIZE) / 4)) {
 		c->wakeups++;
 		return BPF_RB_FORCE_WAKEUP;
 	}
@@ -212,9 +218,12 @@ static __always_inline __u64 *pid_word(__u32 tgid)
 /* The build `tgid`'s stderr belongs to; 0: not captured (one load for everyone else). */
 static __always_inline __u32 capture_of(__u32 tgid)
 {
-	__u64 *w = pid_word(tgid);
+	__u64 *w;
 	__u32 *b;
 
+	if (!n_captured)
+		return 0;
+	w = pid_word(tgid);
 	if (!w || !(*w & PM_CAPTURED(tgid)))
 		return 0;
 	b = bpf_map_lookup_elem(&capture, &tgid);
@@ -687,7 +696,8 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 	} else if (*pw & PM_CAPTURED(tgid)) {
 		/* a captured process that exec'd something else is no longer captured (and
 		 * one that exec'd a compiler again is decided afresh below) */
-		__sync_fetch_and_and(pw, ~PM_CAPTURED(tgid));
+		if (__sync_fetch_and_and(pw, ~PM_CAPTURED(tgid)) & PM_CAPTURED(tgid))
+			__sync_fetch_and_add(&n_captured, -1);
 		uncapture(tgid);
 	}
 	__u32 build = mark_capture(c, tgid, e->ppid, cls, &flags);
@@ -712,8 +722,15 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 		return 0;
 	}
 	c->exec_emitted++;
-	if (pw)
+	if (pw) {
+		if (build) /* counted first: a child cannot exec before this handler returns */
+			__sync_fetch_and_add(&n_captured, 1);
 		__sync_fetch_and_or(pw, PM_TRACKED(tgid) | (build ? PM_CAPTURED(tgid) : 0));
+	} else if (build) {
+		bpf_map_delete_elem(&capture, &tgid); /* no bit to find it by */
+		if (build == tgid)
+			bpf_map_delete_elem(&builds, &tgid);
+	}
 	return 0;
 }
 
@@ -740,8 +757,10 @@ int BPF_PROG(handle_exit, struct task_struct *task, bool group_dead)
 		return 0;
 	}
 	/* only tracked tgids can be captured: the rest of the node pays nothing for this */
-	if (old & PM_CAPTURED(tgid))
+	if (old & PM_CAPTURED(tgid)) {
+		__sync_fetch_and_add(&n_captured, -1);
 		uncapture(tgid);
+	}
 
 	struct pm_exit *x = bpf_ringbuf_reserve(&events, sizeof(*x), 0);
 

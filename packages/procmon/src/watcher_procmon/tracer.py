@@ -61,7 +61,7 @@ class TracerError(RuntimeError):
 class TracerConfig:
     prefix: str = "jcode-"  # UTS nodename prefix of student containers ("" = everything)
     ringbuf_bytes: int = 8 << 20  # power of two, multiple of the page size
-    wakeup_every: int = 64  # wake the reader every N records per CPU ...
+    wakeup_every: int = 256  # wake the reader every N records per CPU ...
     wakeup_bytes: int = 16 << 10  # ... or at once for a record this large
     poll_ms: int = 50  # ... and read whatever is there at least this often
     # compilers' stderr (diagnostics); off: no write hook is even loaded
