@@ -13,6 +13,7 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
@@ -460,14 +461,14 @@ def _snapshot_info(r: Any) -> SnapshotInfo:
     )
 
 
-@router.get(_FILE_BASE + "/versions")
+@router.get(_FILE_BASE + "/versions", response_model=list[SnapshotInfo])
 def list_versions(
     request: Request,
     class_div: str,
     hw_name: str,
     student_id: str,
     path: Annotated[str, Query(description="path below the assignment directory")],
-) -> list[SnapshotInfo]:
+) -> Response:
     """Every saved version of one file, oldest first."""
     with request.app.state.engine.connect() as conn:
         scope = _scope_or_404(conn, class_div, hw_name, student_id)
@@ -481,11 +482,48 @@ def list_versions(
         if file_id is None:
             raise HTTPException(404, f"unknown file {path!r}")
         rows = conn.execute(
-            _snapshot_query()
+            select(
+                SnapshotRow.id,
+                SnapshotRow.ts_us,
+                SnapshotRow.size,
+                SnapshotRow.sha256,
+                BlobRow.sha256.label("blob"),
+                SnapshotRow.source,
+                SnapshotRow.too_large,
+                SnapshotRow.reconciled,
+                SnapshotRow.node,
+            )
+            .outerjoin(BlobRow, BlobRow.sha256 == SnapshotRow.sha256)
             .where(SnapshotRow.file_id == file_id)
             .order_by(SnapshotRow.ts_us, SnapshotRow.id)
         ).all()
-    return [_snapshot_info(r) for r in rows]
+    # Class, student, assignment and path are the same for every version: taken from the
+    # request (as stored: the scope lookup matched them exactly), not joined per row; plain
+    # dicts in SnapshotInfo's shape through orjson (2,000 versions: ~70 -> ~15 ms CPU).
+    return Response(
+        orjson.dumps(
+            [
+                {
+                    "snapshot_id": r.id,
+                    "class_div": class_div,
+                    "student_id": student_id,
+                    "assignment": hw_name,
+                    "path": path,
+                    "ts": from_us(r.ts_us),
+                    "size": r.size,
+                    "sha256": r.sha256,
+                    "has_content": r.blob is not None,
+                    "source": r.source,
+                    "too_large": bool(r.too_large),
+                    "reconciled": bool(r.reconciled),
+                    "node": r.node,
+                }
+                for r in rows
+            ],
+            option=orjson.OPT_UTC_Z,
+        ),
+        media_type="application/json",
+    )
 
 
 def _snapshot_row(conn: Connection, snapshot_id: int) -> Any:
