@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from watcher_common.identity import DEFAULT, IdentityConfig, NotStudent, Workspace
 from watcher_common.outbox import OutboxFull
@@ -52,6 +52,7 @@ class Sink(Protocol):
     def put(self, event: Event, content: bytes | None = None) -> None: ...
 
 
+@runtime_checkable
 class BatchSink(Sink, Protocol):
     """A sink that stores several events at once, all or none (the outbox)."""
 
@@ -122,10 +123,10 @@ class Pipeline:
         # set inside feed_many: puts wait there and are stored together
         self._batch: list[_Put] | None = None
         self._after_batch: list[Callable[[], None]] = []
-        put_many = getattr(sink, "put_many", None)
-        self._put_many: Callable[[Sequence[tuple[Event, bytes | None]]], None] | None = (
-            put_many if callable(put_many) else None
+        self._put_many: Callable[[Iterable[tuple[Event, bytes | None]]], None] | None = (
+            sink.put_many if isinstance(sink, BatchSink) else None
         )
+
         # per-label children looked up once: .labels() hashes and locks on every call
         m = self.metrics
         self._hashed = m.sources.labels(outcome="hashed")

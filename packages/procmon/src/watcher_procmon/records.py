@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 from watcher_procmon.events import Event, ExecEvent, ExitEvent, StderrEvent
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 class BootClock:
     """Converts CLOCK_BOOTTIME ns (what BPF stamps) to UTC.
@@ -33,10 +35,8 @@ class BootClock:
         return self._offset_ns
 
     def to_utc(self, boot_ns: int) -> datetime:
-        ns = boot_ns + self.offset_ns()
-        return datetime.fromtimestamp(ns // 1_000_000_000, UTC) + timedelta(
-            microseconds=(ns % 1_000_000_000) // 1000
-        )
+        # one exact integer timedelta from the epoch: cheaper than fromtimestamp + timedelta
+        return _EPOCH + timedelta(microseconds=(boot_ns + self.offset_ns()) // 1000)
 
 
 @dataclass(frozen=True, slots=True)
