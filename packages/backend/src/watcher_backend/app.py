@@ -98,15 +98,22 @@ def create_app(settings: Settings | None = None, *, compat_fast_path: bool = Tru
     flatten_routes(app)  # one linear match per request (FastAPI nests included routers)
 
     _install_error_handlers(app)
-    # Last added runs first: metrics see every response, including the limit's 413s; the
-    # compat write fast path runs inside both (limited and counted like the routes).
-    app.add_middleware(CompatWriteFastPath, enabled=compat_fast_path)
+    # Last added runs first: metrics see every response, including the limit's 413s. The
+    # compat write fast path runs before both (it limits and counts what it answers itself,
+    # the same way) so the old agents' POSTs skip two layers.
     app.add_middleware(
         BodyLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,
         max_blob_bytes=settings.max_blob_bytes,
     )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(
+        CompatWriteFastPath,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        max_blob_bytes=settings.max_blob_bytes,
+        enabled=compat_fast_path,
+    )
     return app
 
 

@@ -25,6 +25,7 @@ by the same template.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -42,6 +43,7 @@ from watcher_common.wire import Event, FileSnapshot
 
 from . import compat_write as cw
 from .auth import TokenTable
+from .ops import Metrics, iter_routes
 from .store import prepare_event
 from .writer import WriterStopped
 
@@ -82,12 +84,27 @@ class _Delegate(Exception):
 
 
 class CompatWriteFastPath:
-    def __init__(self, app: ASGIApp, *, enabled: bool = True) -> None:
+    """Outermost user middleware: what it answers it limits and counts itself, exactly as
+    ``BodyLimitMiddleware`` and ``MetricsMiddleware`` (which see everything it hands on)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        metrics: Metrics,
+        max_body_bytes: int,
+        max_blob_bytes: int,
+        enabled: bool = True,
+    ) -> None:
         self.app = app
+        self.metrics = metrics
+        # Within both of BodyLimitMiddleware's limits (it picks one by path prefix).
+        self.max_fast_body = min(_MAX_FAST_BODY, max_body_bytes, max_blob_bytes)
         self.enabled = enabled
         # (path regex, route, kind) in route-table order; built on the first request, when
         # the table is final. ``shadows``: earlier routes that could take the same POST.
         self._routes: list[tuple[Any, APIRoute, Kind]] | None = None
+        self._templates: dict[int, str] = {}  # id(route) -> the metrics' route label
         self._shadows: list[Any] = []
         self.answered = 0  # requests this path answered itself (the rest went to the routes)
 
@@ -103,6 +120,7 @@ class CompatWriteFastPath:
             return
         if self._routes is None:
             self._routes, self._shadows = _find_routes(scope["app"].router.routes)
+            self._templates = {id(i.route): i.template for i in iter_routes(scope["app"])}
         path: str = scope["path"]
         for regex in self._shadows:
             if regex.match(path):
@@ -124,6 +142,7 @@ class CompatWriteFastPath:
         kind: Kind,
         params: dict[str, str],
     ) -> None:
+        start = time.perf_counter()
         app_state = scope["app"].state
         length = -1
         content_type = b""
@@ -138,7 +157,7 @@ class CompatWriteFastPath:
             elif name == b"authorization" and authorization is None:
                 authorization = value
         fast = (
-            0 < length <= _MAX_FAST_BODY
+            0 < length <= self.max_fast_body  # else BodyLimitMiddleware's 400/413, or chunked
             and content_type in _JSON_TYPES
             and authorization is not None
             and _is_agent(app_state.tokens, authorization)
@@ -149,11 +168,7 @@ class CompatWriteFastPath:
         messages: list[Message] = []
         chunks: list[bytes] = []
         while True:
-            try:
-                message = await receive()
-            except HTTPException as exc:  # the body limit's 413, raised while reading
-                await _send_json(send, exc.status_code, _detail(str(exc.detail)))
-                return
+            message = await receive()
             messages.append(message)
             if message["type"] != "http.request":
                 break
@@ -167,31 +182,33 @@ class CompatWriteFastPath:
         except _Delegate:
             await self.app(scope, _replay(messages, receive), send)
             return
-        scope["route"] = route  # the metrics label: the route's template
+        scope["route"] = route
         self.answered += 1
+        status = 500  # as MetricsMiddleware counts an exception escaping the app
+        try:
+            status = await self._submit(send, app_state, kind, event)
+        finally:
+            template = self._templates.get(id(route)) or route.path_format
+            self.metrics.observe_http("POST", template, status, time.perf_counter() - start)
+
+    @staticmethod
+    async def _submit(send: Send, app_state: Any, kind: Kind, event: Event) -> int:
+        """Hand the event to the writer and answer its verdict; the status sent."""
         try:
             outcome = (await app_state.writer.submit_prepared([prepare_event(event)]))[0]
         except WriterStopped:
-            await _send_json(
-                send,
-                503,
-                _detail("the server is shutting down; retry later"),
-                [(b"retry-after", b"5")],
-            )
-            return
+            detail, retry = "the server is shutting down; retry later", [(b"retry-after", b"5")]
+            return await _send_json(send, 503, _detail(detail), retry)
         except SQLAlchemyError as exc:
             log.error("database error: %s", type(exc).__name__)
-            await _send_json(
-                send, 503, _detail("database unavailable; retry later"), [(b"retry-after", b"5")]
-            )
-            return
+            detail, retry = "database unavailable; retry later", [(b"retry-after", b"5")]
+            return await _send_json(send, 503, _detail(detail), retry)
         status, error = outcome[1], outcome[2]
         if status == "rejected":
-            await _send_json(send, 422, _detail(error or "rejected"))
-        elif status == "retry":
-            await _send_json(send, 503, _detail(error or "try again"))
-        else:
-            await _send_json(send, 200, _OK[kind])
+            return await _send_json(send, 422, _detail(error or "rejected"))
+        if status == "retry":
+            return await _send_json(send, 503, _detail(error or "try again"))
+        return await _send_json(send, 200, _OK[kind])
 
     async def _event(
         self, app_state: Any, kind: Kind, params: dict[str, str], body: bytes
@@ -330,7 +347,7 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
 
 async def _send_json(
     send: Send, status: int, payload: bytes, extra: list[tuple[bytes, bytes]] | None = None
-) -> None:
+) -> int:
     headers, body = _json_body(payload)
     await send(
         {
@@ -340,3 +357,4 @@ async def _send_json(
         }
     )
     await send({"type": "http.response.body", "body": body})
+    return status
