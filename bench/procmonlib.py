@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +16,7 @@ from agentlib import BPF_OBJ, STUDENT_HOST, Agent
 from benchlib import ROOT, free_port
 
 HERE = Path(__file__).resolve().parent
-PROGS = ("handle_exec", "handle_exit", "handle_sys_enter")
+PROGS = ("handle_exec", "handle_exit", "handle_write", "handle_sys_enter")
 
 
 def require_root() -> None:
@@ -32,6 +33,20 @@ def build_forkexec(tmp: Path) -> Path:
         ["gcc", "-O2", "-Wall", "-o", str(exe), str(HERE / "procmon" / "forkexec.c")], check=True
     )
     return exe
+
+
+def build_sysloop(tmp: Path) -> Path:
+    exe = tmp / "sysloop"
+    subprocess.run(
+        ["gcc", "-O2", "-Wall", "-o", str(exe), str(HERE / "procmon" / "sysloop.c")], check=True
+    )
+    return exe
+
+
+def syscall_ns(exe: Path, n: int = 1_000_000, rounds: int = 5) -> float:
+    """CPU ns per getppid() (best of ``rounds``): what any syscall hook adds shows here."""
+    out = subprocess.run([str(exe), str(n), str(rounds)], capture_output=True, check=True)
+    return float(out.stdout)
 
 
 def in_container(cmd: list[str], host: str = STUDENT_HOST) -> list[str]:
@@ -71,6 +86,13 @@ def tracing_progs() -> dict[int, dict[str, Any]]:
     bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
     out = subprocess.run([bpftool, "prog", "show", "--json"], capture_output=True, check=True)
     return {int(p["id"]): p for p in json.loads(out.stdout) if p.get("name") in PROGS}
+
+
+def agent_prog_ids(log_text: str) -> set[int]:
+    """The ids of the programs an agent attached, from its "program ids" log line (other
+    procmon instances may load programs of the same names at the same time)."""
+    m = re.search(r"program ids ((?:\w+=\d+ ?)+)", log_text)
+    return {int(kv.split("=")[1]) for kv in m.group(1).split()} if m else set()
 
 
 def kernel_counter(m: dict[str, float], typ: str, outcome: str) -> float:

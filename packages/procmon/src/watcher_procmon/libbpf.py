@@ -58,6 +58,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "bpf_program__attach": (_P, [_P]),
     "bpf_program__fd": (ctypes.c_int, [_P]),
     "bpf_program__set_autoload": (ctypes.c_int, [_P, ctypes.c_bool]),
+    "bpf_obj_get_info_by_fd": (ctypes.c_int, [ctypes.c_int, _P, _P]),
     "bpf_program__attach_perf_event": (_P, [_P, ctypes.c_int]),
     "bpf_link__destroy": (ctypes.c_int, [_P]),
     "bpf_map__fd": (ctypes.c_int, [_P]),
@@ -219,6 +220,17 @@ class BpfObject:
         if not prog:
             raise LibbpfError(f"program {program!r} not in {self.path}", errno_mod.ENOENT)
         return int(prog)
+
+    def prog_id(self, program: str) -> int:
+        """After load: the kernel's id of ``program`` (as bpftool lists it)."""
+        fd = _check(lib().bpf_program__fd(self._prog(program)), f"fd of program {program}")
+        info = (ctypes.c_uint8 * 256)()  # struct bpf_prog_info: type u32, id u32, ...
+        size = ctypes.c_uint32(len(info))
+        _check(
+            lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)),
+            f"info of program {program}",
+        )
+        return ctypes.c_uint32.from_buffer(info, 4).value
 
     def set_autoload(self, program: str, on: bool) -> None:
         """Before load: whether ``program`` is loaded (and verified) at all."""

@@ -200,11 +200,14 @@ class Tracer:
             obj.attach_perf_event(WRITE_PROGRAM, tracepoint.open_tracepoint(write_id))
         elif cfg.capture_stderr:
             obj.attach(STDERR_PROGRAM)
+        attached = [*PROGRAMS, *([self.stderr_hook] if self.stderr_hook else [])]
+        # the ids tell this instance's programs apart in bpftool / bpf_stats
         log.info(
-            "procmon BPF attached (%s, prefix %r, stderr hook %s)",
+            "procmon BPF attached (%s, prefix %r, stderr hook %s, program ids %s)",
             path,
             self.config.prefix,
             self.stderr_hook,
+            " ".join(f"{p}={obj.prog_id(p)}" for p in attached),
         )
 
     def _on_record(self, raw: bytes) -> None:
