@@ -5,12 +5,15 @@ request. Instead, each student's figures live in ``analytics_cache`` with the ro
 cover: per source table (snapshots, runs, cells) the number of rows and the highest id.
 ``refresh`` compares those counts with the current ones and, for a student who changed,
 
-* folds in only the rows with a higher id (rows are insert-only, and the single writer
-  commits ids in increasing order), when all of them are at or after the latest activity
-  already counted — time on task, EQ/RED strings, paste-like gaps and first/final sizes
-  are running sums over time order, so appending keeps them exact;
-* otherwise (a late event older than what was counted, a count that went down or does not
-  add up) recomputes that student from all of their rows.
+* folds in the rows with a higher id and a time at or after the latest activity already
+  counted, when they are exactly the rows added (their number closes the gap between the
+  counts) — time on task, EQ/RED strings, paste-like gaps and first/final sizes are
+  running sums over time order, so appending keeps them exact;
+* otherwise (a late event older than what was counted, a row removed, ids committed out
+  of order) recomputes that student from all of their rows.
+
+Counts and rows are read in one snapshot (SQLite's read transaction, PostgreSQL's
+REPEATABLE READ), so "exactly the rows added" is a sound test.
 
 Both paths run the same fold (``_fold``) over rows in time order, so a cached figure is the
 figure the definitions in docs/analytics.md give (tests compare the two after further
@@ -35,6 +38,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Integer,
     Select,
@@ -322,22 +326,23 @@ class _Row:
         return self.snap_n, self.run_n, self.cell_n
 
 
-def _at_least(a: Sequence[int], b: Sequence[int]) -> bool:
-    return all(x >= y for x, y in zip(a, b, strict=True))
-
-
 def _fetch_sql() -> tuple[Select[Any], ...]:
+    """Rows of one student with an id above ``after`` and a time from ``since`` on: the
+    (assignment, student, time) indexes seek straight to the new rows. A late row (older
+    than ``since``) is left out, so the counts do not add up and the student is
+    recomputed (``_update``)."""
     s, r, c = SNAPSHOTS.c, RUNS.c, NOTEBOOK_CELLS.c
     asg, spk = bindparam("asg", type_=Integer), bindparam("spk", type_=Integer)
+    after, since = bindparam("after", type_=BigInteger), bindparam("since", type_=BigInteger)
     return (
         select(*SNAP_COLS)
-        .where(s.assignment_id == asg, s.student_pk == spk, s.id > bindparam("after"))
+        .where(s.assignment_id == asg, s.student_pk == spk, s.ts_us >= since, s.id > after)
         .order_by(s.ts_us, s.id),
         select(*RUN_COLS)
-        .where(r.student_pk == spk, r.assignment_id == asg, r.id > bindparam("after"))
+        .where(r.student_pk == spk, r.assignment_id == asg, r.start_us >= since, r.id > after)
         .order_by(r.start_us, r.id),
         select(*CELL_COLS)
-        .where(c.assignment_id == asg, c.student_pk == spk, c.id > bindparam("after"))
+        .where(c.assignment_id == asg, c.student_pk == spk, c.ts_us >= since, c.id > after)
         .order_by(c.ts_us, c.id),
     )
 
@@ -374,8 +379,9 @@ def _fetch(
     conn: Connection, asg: int, spk: int, after: _Row
 ) -> tuple[Sequence[Any], Sequence[Any], Sequence[Any]]:
     maxes = (after.snap_max_id, after.run_max_id, after.cell_max_id)
+    since = after.state.act_last if after.state.act_last is not None else -(2**62)
     snaps, runs, cells = (
-        _raw(conn, i, {"asg": asg, "spk": spk, "after": maxes[i]}) for i in range(3)
+        _raw(conn, i, {"asg": asg, "spk": spk, "after": maxes[i], "since": since}) for i in range(3)
     )
     return snaps, runs, cells
 
@@ -396,20 +402,13 @@ def _grown(old: _Row, snaps: Sequence[Any], runs: Sequence[Any], cells: Sequence
 
 
 def _update(conn: Connection, asg: int, spk: int, old: _Row | None, now: tuple[int, ...]) -> _Row:
-    """The student's row brought up to (at least) the counts ``now``."""
-    if old is not None and _at_least(now, old.counts()):
+    """The student's row brought up to the counts ``now`` (read in the same snapshot)."""
+    if old is not None:
         snaps, runs, cells = _fetch(conn, asg, spk, old)
         new = _grown(old, snaps, runs, cells)
-        # rows only ever arrive (more than counted: inserted since the counts were read)
-        adds_up = _at_least(new.counts(), now)
-        last = old.state.act_last
-        in_order = last is None or all(
-            t >= last
-            for t in itertools.chain(
-                (x[2] for x in snaps), (x[2] for x in runs), (x[1] for x in cells)
-            )
-        )
-        if adds_up and in_order:
+        # Exactly the rows added since, all at or after the last activity counted: fold
+        # them in. Anything else (a late row, a row gone, ids out of order): recompute.
+        if new.counts() == now:
             st = State.load(asdict(old.state))  # a copy: the old row stays as read
             _fold(st, snaps, runs, cells)
             new.state = st
@@ -435,6 +434,8 @@ def refresh(conn: Connection, cls: int, asg: int) -> dict[int, State]:
     with _locks_guard:
         lock = _locks[asg]
     with lock, conn.engine.connect() as own:
+        if own.dialect.name == "postgresql":  # counts and rows from one snapshot
+            own = own.execution_options(isolation_level="REPEATABLE READ")
         return _refresh(own, cls, asg)
 
 
