@@ -240,16 +240,31 @@ static __always_inline void uncapture(__u32 tgid)
 }
 
 /*
+ * Kernels since 6.14 keep short dentry names in union shortname_store (40 bytes, also
+ * viewable as 5 words). Declared here as CO-RE flavors (libbpf matches "x___new" to the
+ * kernel's "x"), so the object also builds against an older vmlinux.h (the image builds
+ * against Debian's 6.1 BTF); bpf_core_*_exists() picks the path at load time.
+ */
+union shortname_store___new {
+	unsigned char string[40];
+	unsigned long words[5];
+} __attribute__((preserve_access_index));
+
+struct dentry___new {
+	union shortname_store___new d_shortname;
+} __attribute__((preserve_access_index));
+
+/*
  * The 64 chars of a nodename (the 65th is its NUL), zero-padded to PM_NODENAME_LEN. A BTF
  * pointer into a char array only takes byte loads; viewed as the kernel's
  * union shortname_store (a u64 array), it takes 8 word loads instead of 64 byte loads.
  */
 static __always_inline void copy_nodename(char *dst, const char *src)
 {
-	if (bpf_core_type_exists(union shortname_store)) {
-		__u32 id = bpf_core_type_id_kernel(union shortname_store);
-		union shortname_store *a = bpf_rdonly_cast(src, id);
-		union shortname_store *b = bpf_rdonly_cast(src + 40, id);
+	if (bpf_core_type_exists(union shortname_store___new)) {
+		__u32 id = bpf_core_type_id_kernel(union shortname_store___new);
+		union shortname_store___new *a = bpf_rdonly_cast(src, id);
+		union shortname_store___new *b = bpf_rdonly_cast(src + 40, id);
 
 #pragma unroll
 		for (int i = 0; i < 5; i++)
@@ -321,14 +336,16 @@ static long walk_step(__u64 i, void *arg)
 	__u32 len = dentry->d_name.len;
 	long n;
 
-	if (bpf_core_field_exists(dentry->d_shortname) &&
-	    len < sizeof(dentry->d_shortname.words) && (void *)name == &dentry->d_shortname) {
+	struct dentry___new *dn = (void *)dentry;
+
+	if (bpf_core_field_exists(dn->d_shortname) && len < sizeof(dn->d_shortname.words) &&
+	    (void *)name == &dn->d_shortname) {
 		/* the name lives in the dentry: five word loads instead of a helper call */
 		char *dst = s->data + (w->off & PM_DATA_MASK);
 
 #pragma unroll
 		for (int k = 0; k < 5; k++)
-			*(__u64 *)(dst + k * 8) = dentry->d_shortname.words[k];
+			*(__u64 *)(dst + k * 8) = dn->d_shortname.words[k];
 		s->data[(w->off + len) & PM_DATA_MASK] = 0; /* what follows may be stale bytes */
 		n = len + 1;
 	} else {
