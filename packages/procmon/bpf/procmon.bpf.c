@@ -19,8 +19,11 @@
  *   - kernel memory is read with direct BTF loads (tp_btf arguments are trusted pointers,
  *     bpf_rdonly_cast() for the rest), not bpf_probe_read_kernel() per field: a helper call
  *     costs ~100 ns on the nodes (retpolines, return thunks), a load a few;
- *   - the config is .rodata, frozen before load: the verifier folds the prefix compare
- *     into constants and prunes the branches of disabled features;
+ *   - the config is .rodata, frozen before load: the verifier knows every field, drops
+ *     the compares past prefix_len and the branches of disabled features;
+ *   - a bloom of the tool names in the config spares most execs the tools hash lookup;
+ *     while no build runs, no capture state is looked at; the reader is woken only every
+ *     256th record per CPU (it also polls every poll_ms);
  *   - "is this tgid tracked / captured" are two bits per possible pid, in one word: set by
  *     an exec (an atomic OR), claimed by the exit (an atomic AND that returns the old
  *     word), so neither takes a lock nor allocates (a hash update or a task-local-storage
@@ -35,8 +38,8 @@
  * there is a second program attached to the same tracepoint that reads
  * task->signal->live (do_exit() decrements it before the tracepoint fires) and treats
  * live == 0 as group_dead; two threads racing to zero are de-duplicated by the atomic
- * AND on the tracked bit below, which returns it set to exactly one of them. It is not built here because this kernel has group_dead and the two
- * cannot share a BTF prototype.
+ * AND on the tracked bit below, which returns it set to exactly one of them. It is not
+ * built here because this kernel has group_dead and the two cannot share a BTF prototype.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
