@@ -404,3 +404,22 @@ def test_cached_at_name_follows_a_new_literal_file(pair: Pair, db_url: str) -> N
         got = pair.call("fast", f"/api/os-1/hw1/{S}/x@y.c/{stamp}", b'{"bytes":3}', AGENT)
         assert got[0] == 200
     assert _versions(pair.fast, S) == {"x/y.c": 3, "x@y.c": 4}
+
+
+def test_database_error_in_the_lookup_gets_the_routes_503(pair: Pair, db_url: str) -> None:
+    # The '@' name needs the files table; without it both paths answer the route's 503.
+    from sqlalchemy import create_engine
+
+    engine = create_engine(db_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE files RENAME TO files_gone")
+    try:
+        fast, slow, answered = pair.both(
+            f"/api/os-1/hw1/{S}/q@r.c/20240301_100000", b'{"bytes":1}', AGENT
+        )
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE files_gone RENAME TO files")
+        engine.dispose()
+    assert fast == slow, (fast, slow)
+    assert fast[0] == 503 and answered == 0, fast

@@ -179,7 +179,9 @@ class CompatWriteFastPath:
             if messages[-1]["type"] != "http.request":
                 raise _Delegate  # the client left: whatever the route does with that
             event = await self._event(app_state, kind, params, b"".join(chunks))
-        except _Delegate:
+        except Exception:  # _Delegate, or e.g. a database error in the lookup
+            # Nothing is written yet: the route does the same work again and answers in its
+            # own words (a database error: its handler's 503), counted by the metrics.
             await self.app(scope, _replay(messages, receive), send)
             return
         scope["route"] = route

@@ -15,7 +15,9 @@ order — has come back, i.e. until the transaction that made the change has com
 rolled back. An answer is stored only if no change happened while it was looked up.
 So a cached answer is always the one the database gives for its committed state.
 
-PostgreSQL (possibly several backend processes on one database) is never cached.
+It relies on this process being the database's only writer, as in the SQLite deployment
+(one backend; agents and seeding go through its API). PostgreSQL (possibly several backend
+processes on one database) is never cached.
 """
 
 from __future__ import annotations
@@ -77,10 +79,11 @@ class CompatNameCache:
         self._blocked = False  # a change may not be committed yet
         self._barrier_requested = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._off = False  # a connection could not get the triggers: never cache again
         self.hits = 0
 
     def get(self, key: Key) -> str | None:
-        if self._blocked:
+        if self._blocked or self._off:
             return None
         found = self._entries.get(key)
         if found is not None:
@@ -89,11 +92,11 @@ class CompatNameCache:
 
     def token(self) -> int | None:
         """Taken before a lookup; None while blocked (the answer must not be stored)."""
-        return None if self._blocked else self._gen
+        return None if self._blocked or self._off else self._gen
 
     def put(self, key: Key, path: str, token: int | None) -> None:
         with self._lock:
-            if token is None or self._blocked or self._gen != token:
+            if token is None or self._blocked or self._off or self._gen != token:
                 return  # the database changed meanwhile: the answer may be stale
             if len(self._entries) >= _MAX_ENTRIES:
                 self._entries.clear()
@@ -143,15 +146,24 @@ class CompatNameCache:
     # -- wiring ------------------------------------------------------------------------------
 
     def on_checkout(self, dbapi_conn: Any, record: Any, _proxy: Any) -> None:
-        if record.info.get("watcher_compat_names") is self:
+        if self._off or record.info.get("watcher_compat_names") is self:
             return
-        dbapi_conn.create_function(_FUNCTION, 0, self._callback)
-        cur = dbapi_conn.cursor()
         try:
-            for sql in _TRIGGERS:
-                cur.execute(sql)
-        finally:
-            cur.close()
+            dbapi_conn.create_function(_FUNCTION, 0, self._callback)
+            cur = dbapi_conn.cursor()
+            try:
+                for sql in _TRIGGERS:
+                    cur.execute(sql)
+            finally:
+                cur.close()
+        except Exception as exc:
+            # Never fail the checkout (it may be the writer's); a connection without the
+            # triggers could change an answer unseen, so the cache is off for good.
+            with self._lock:
+                self._off = True
+                self._entries.clear()
+            log.warning("compat filename cache off: %s", type(exc).__name__)
+            return
         record.info["watcher_compat_names"] = self
 
     def _callback(self) -> None:
