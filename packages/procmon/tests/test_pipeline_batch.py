@@ -11,8 +11,9 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from watcher_common.identity import IdentityConfig
 from watcher_common.outbox import Outbox
-from watcher_common.wire import ProcessRun
+from watcher_common.wire import FileSnapshot, ProcessRun
 from watcher_procmon.agent import Pipeline
 from watcher_procmon.events import Event, ExecEvent, ExitEvent
 from watcher_procmon.metrics import ProcmonMetrics
@@ -112,5 +113,58 @@ def test_exec_to_outbox_is_observed_once_the_batch_commits(tmp_path: Path) -> No
     batch = outbox.next_batch(10, 1 << 20)
     (run,) = [ProcessRun.model_validate_json(e.body) for e in batch]
     assert run.source_files[0].sha256 == hashlib.sha256(b"print(1)\n").hexdigest()
+    pipe.close()
+    outbox.close()
+
+
+def test_a_refused_snapshot_is_sent_again_and_the_stored_one_is_not(tmp_path: Path) -> None:
+    """The dedup memory (last version sent per file) is undone for a refused put: the
+    refused version goes out at its next compile, the one stored before does not."""
+    ws = tmp_path / "os-1-202600001" / "hw1"
+    ws.mkdir(parents=True)
+    src = ws / "main.c"
+    ident = IdentityConfig(container_roots=(f"{tmp_path}/{{workspace}}",))
+    me = os.getpid()
+    ticks = int(Path(f"/proc/{me}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    fork_ns = ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    outbox = Outbox(tmp_path / "outbox.db")
+    pipe = Pipeline(outbox, identity=ident, metrics=ProcmonMetrics(CollectorRegistry()))
+
+    def compile_(text: str) -> None:
+        src.write_text(text)
+        ts = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        ev = replace(
+            _exec(me, ts),
+            fork_ns=fork_ns,
+            exe="/usr/bin/gcc",
+            filename="/usr/bin/gcc",
+            argv=("gcc", "-c", "main.c"),
+            cwd=str(ws),
+        )
+        pipe.feed_many([ev, ExitEvent(ts + 1000, me, 0, me)])
+
+    def snapshots() -> list[str]:
+        batch = outbox.next_batch(10_000, 1 << 30)
+        outbox.release(e.event_id for e in batch)
+        return [
+            FileSnapshot.model_validate_json(e.body).sha256 or ""
+            for e in batch
+            if e.kind == "file.snapshot"
+        ]
+
+    def sha(text: str) -> str:
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    compile_("int a;\n")
+    assert snapshots() == [sha("int a;\n")]
+    budget = outbox.budget_bytes
+    outbox.budget_bytes = outbox.stats().bytes  # full: every put is refused
+    compile_("int b;\n")
+    assert snapshots() == [sha("int a;\n")] and pipe.snapshots == 1
+    outbox.budget_bytes = budget
+    compile_("int a;\n")  # the version the outbox has: not sent again
+    assert snapshots() == [sha("int a;\n")]
+    compile_("int b;\n")  # the refused version: sent now
+    assert snapshots() == [sha("int a;\n"), sha("int b;\n")] and pipe.snapshots == 2
     pipe.close()
     outbox.close()

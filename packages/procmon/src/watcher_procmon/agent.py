@@ -273,12 +273,13 @@ class Pipeline:
                 self._sent.move_to_end(key)
                 continue  # unchanged since we last sent it: the run's hash points at it
             # remembered at once, so a second compile in the same batch is not sent twice;
-            # forgotten again if the outbox refuses it
+            # put back as it was if the outbox refuses it
+            prev = self._sent.get(key)
             self._sent[key] = sha
             self._sent.move_to_end(key)
             if len(self._sent) > SNAPSHOT_MEMORY:
                 self._sent.popitem(last=False)
-            self._put(snap, r.content, self._count_snapshot, self._unsent(key, sha))
+            self._put(snap, r.content, self._count_snapshot, self._unsent(key, sha, prev))
         if reads:
             ts = ev.ts_ns
             self._after(lambda: self.metrics.exec_to_outbox.observe(_since(ts)))
@@ -286,12 +287,21 @@ class Pipeline:
     def _count_snapshot(self) -> None:
         self.snapshots += 1
 
-    def _unsent(self, key: tuple[str, str, str, str], sha: str) -> Callable[[], None]:
-        def forget() -> None:
-            if self._sent.get(key) == sha:
-                del self._sent[key]
+    def _unsent(
+        self, key: tuple[str, str, str, str], sha: str, prev: str | None
+    ) -> Callable[[], None]:
+        """Undo of one refused snapshot's memory. Undone newest first, each restores what
+        its put replaced: the last version that was stored, or nothing."""
 
-        return forget
+        def undo() -> None:
+            if self._sent.get(key) != sha:
+                return  # a later version of the file took its place: that one counts
+            if prev is None:
+                del self._sent[key]
+            else:
+                self._sent[key] = prev
+
+        return undo
 
     # ---- end: the run -------------------------------------------------------------------
 
@@ -365,27 +375,30 @@ class Pipeline:
                 self._put_many([(i.event, i.content) for i in items])
             except OutboxFull:
                 # all or none: store what still fits one by one, as unbatched puts would
-                for item in items:
-                    self._store_one(item)
+                self._store_each(items)
             else:
                 self._stored(items)
         else:
-            for item in items:
-                self._store_one(item)
+            self._store_each(items)
         for fn in after:
             fn()
 
-    def _store_one(self, item: _Put) -> None:
-        try:
-            self.sink.put(item.event, item.content)
-        except OutboxFull as exc:
-            self._drop_full.inc()
+    def _store_each(self, items: list[_Put]) -> None:
+        refused: list[_Put] = []
+        for item in items:
+            try:
+                self.sink.put(item.event, item.content)
+            except OutboxFull as exc:
+                self._drop_full.inc()
+                refused.append(item)
+                if self.health is not None:
+                    self.health.set_degraded("outbox_full", str(exc))
+            else:
+                self._stored([item])
+        # newest first: each undo restores the value its put replaced (see _unsent)
+        for item in reversed(refused):
             if item.failed is not None:
                 item.failed()
-            if self.health is not None:
-                self.health.set_degraded("outbox_full", str(exc))
-            return
-        self._stored([item])
 
     def _stored(self, items: list[_Put]) -> None:
         if self.health is not None:
