@@ -386,6 +386,37 @@ def test_outbox_notifies_sender_from_another_thread(outbox: Outbox, server: Fake
     assert asyncio.run(scenario()) < 1.0  # woken by the put, not by the 30 s idle poll
 
 
+def test_puts_after_sends_are_never_left_for_the_idle_poll(
+    outbox: Outbox, server: FakeIngest
+) -> None:
+    """Wake-ups are skipped while a batch is out (the sender reads again after it), not
+    once it has drained the outbox: each burst after a drained one leaves at once, not
+    after the 30 s idle poll."""
+
+    def burst() -> None:
+        for _ in range(5):
+            outbox.put(delete_event())
+            time.sleep(0.002)
+
+    async def scenario() -> list[float]:
+        sender = make_sender(outbox, server, idle_poll_s=30, linger_s=0.0)
+        task = asyncio.create_task(sender.run_forever())
+        await asyncio.sleep(0.1)
+        took: list[float] = []
+        for i in range(10):
+            t0 = time.monotonic()
+            producer = threading.Thread(target=burst)
+            producer.start()
+            await until(lambda n=5 * (i + 1): len(server.store) == n, 10)
+            took.append(time.monotonic() - t0)
+            producer.join()
+        await sender.stop(1)
+        await task
+        return took
+
+    assert max(asyncio.run(scenario())) < 2.0
+
+
 async def test_outbox_write_error_after_send_does_not_crash(
     outbox: Outbox, server: FakeIngest, running: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
