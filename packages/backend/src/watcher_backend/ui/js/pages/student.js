@@ -124,7 +124,7 @@ class Timeline {
     this.items = [];
     this.replay = replay;
     this.axis = h('div', { class: 'axis' });
-    this.body = h('tbody', { role: 'rowgroup' });
+    this.body = h('tbody', {});
     this.status = h('span', { class: 'muted', 'data-testid': 'timeline-status' });
     this.more = h('button', { type: 'button', hidden: true, 'data-testid': 'timeline-more' }, t('tl.more'));
     this.more.addEventListener('click', async () => {
@@ -136,7 +136,7 @@ class Timeline {
       }
     });
     this.el = h('div', { class: 'timeline' }, this.axis,
-      h('div', { class: 'scroll-x' }, h('table', { class: 'grid events', role: 'table', 'data-testid': 'timeline' }, this.body)),
+      h('div', { class: 'scroll-x' }, h('table', { class: 'grid events', 'data-testid': 'timeline' }, this.body)),
       h('div', { class: 'pager' }, this.status, this.more));
   }
 
@@ -153,9 +153,8 @@ class Timeline {
   }
 
   row(it, index) {
-    // explicit roles: the rows are laid out as grids (style.css), which drops implicit ones
-    const tr = h('tr', { id: `ev-${index}`, role: 'row', class: `ev ev-${it.kind}${bad(it) ? ' bad' : ''}`, 'data-kind': it.kind });
-    tr.append(h('td', { class: 'time', role: 'cell' }, kst(it.ts)), h('td', { role: 'cell' }, h('span', { class: `badge kind-${it.kind}` }, t(`kind.${it.kind}`))), h('td', { role: 'cell' }, describe(it, this.replay)));
+    const tr = h('tr', { id: `ev-${index}`, class: `ev ev-${it.kind}${bad(it) ? ' bad' : ''}`, 'data-kind': it.kind });
+    tr.append(h('td', { class: 'time' }, kst(it.ts)), h('td', {}, h('span', { class: `badge kind-${it.kind}` }, t(`kind.${it.kind}`))), h('td', {}, describe(it, this.replay)));
     return tr;
   }
 
