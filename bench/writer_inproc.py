@@ -5,6 +5,12 @@ thread and are timed in CPU time, so other load on the machine matters much less
 
   uv run python bench/writer_inproc.py                   # per-event µs
   BENCH_PROFILE=1 uv run python bench/writer_inproc.py   # + cProfile of the writer half
+
+The writer half's CPU is the whole process's (the WAL checkpoint thread included, as in
+the backend; BENCH_NO_CHECKPOINTER=1 leaves checkpoints out entirely), with the writer
+thread's own share on the next line. One thing it cannot show: in the backend the writer
+shares the GIL with the event loop thread, so costs that scale with GIL hand-offs (a
+driver call per row) look cheaper here than they are there.
 """
 
 from __future__ import annotations
