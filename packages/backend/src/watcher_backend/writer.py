@@ -267,12 +267,15 @@ class GroupCommitWriter:
 
     def _close(self) -> None:
         if self._conn is not None:
-            try:
-                if self.checkpointer is not None and not self._conn.invalidated:
+            if self.checkpointer is not None and not self._conn.invalidated:
+                try:
                     # the connection goes back to the pool: default autocheckpoint again
                     self._set_autocheckpoint(self._conn, DEFAULT_PAGES)
+                except self.engine.dialect.loaded_dbapi.Error:
+                    self._conn.invalidate()  # broken: not back to the pool as it is
+            try:
                 self._conn.close()
-            except (SQLAlchemyError, self.engine.dialect.loaded_dbapi.Error):
+            except SQLAlchemyError:
                 log.warning("closing the writer connection failed", exc_info=True)
             self._conn = None
 

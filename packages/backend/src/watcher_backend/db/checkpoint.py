@@ -15,6 +15,7 @@ the WAL before it is answered, and WAL frames are replayed after a crash either 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from typing import Any
@@ -74,7 +75,11 @@ class Checkpointer:
                 if self._stopping:
                     break
                 self._wake.clear()
-                self._checkpoint(raw)
+                try:
+                    self._checkpoint(raw)
+                except sqlite3.Error as exc:
+                    # e.g. a full disk: try again after the next commit
+                    log.warning("WAL checkpoint failed (%s)", type(exc).__name__)
                 time.sleep(self.min_interval_s)  # commits meanwhile only set the Event
             self._checkpoint(raw)  # the writer has stopped: leave a short WAL behind
         except Exception:
