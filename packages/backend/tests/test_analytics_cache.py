@@ -9,7 +9,11 @@ and the row-level SQL (analytics_sql), independently of the cache (SQLite and Po
 from __future__ import annotations
 
 import random
+import threading
+import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,8 +25,10 @@ from starlette.testclient import TestClient
 from watcher_backend import analytics_cache as cache
 from watcher_backend import analytics_metrics as m
 from watcher_backend import analytics_sql as q
-from watcher_backend import lookup
+from watcher_backend import analytics_warm, lookup
 from watcher_backend.analytics_figures import Params, assignment_figures
+from watcher_backend.app import create_app
+from watcher_backend.config import Settings
 from watcher_backend.db.tables import FILE_EVENTS, SNAPSHOTS
 from watcher_backend.demo_data import EventFactory, diag
 from watcher_common.timeutil import from_us
@@ -234,3 +240,112 @@ def test_other_thresholds_bypass_the_cache(env: tuple[TestClient, Engine, Any]) 
         rows, _ = assignment_figures(conn, cls, asg, Params(10, 300, 30, 0.5, 0.9, 2),
                                      use_cache=False)  # fmt: skip
     assert got["items"] == [r.model_dump(mode="json") for r in rows]
+
+
+# ---- the background warmer (analytics_warm) ------------------------------------------------
+
+
+@contextmanager
+def warm_app(settings: Settings, idle_s: float) -> Iterator[tuple[TestClient, Engine, Any, Any]]:
+    """The app with the warmer at ``idle_s`` (0: off); (client, engine, post, warmer)."""
+    app = create_app(settings.model_copy(update={"analytics_warm_idle_s": idle_s}))
+    with TestClient(app) as client:
+        agent = {"Authorization": f"Bearer {settings.agent_tokens[0]}"}
+
+        def post(evs: list[dict[str, Any]]) -> None:
+            for i in range(0, len(evs), 500):
+                r = client.post("/api/v1/events", json={"events": evs[i : i + 500]},
+                                headers=agent)  # fmt: skip
+                assert r.status_code == 200, r.text
+
+        client.headers["Authorization"] = f"Bearer {settings.reader_tokens[0]}"
+        f = EventFactory("os-1", prefix="roster")
+        post([f.save(s, "hw0", "x.c", T0, b"x") for s in STUDENTS])
+        yield client, app.state.engine, post, app.state.warmer
+
+
+def whole_cache(engine: Engine) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        t = cache.CACHE
+        rows = conn.execute(select(t).order_by(t.c.assignment_id, t.c.student_pk)).all()
+    return [tuple(r) for r in rows]
+
+
+def wait_for(cond: Any, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def test_warmer_fills_the_cache_once_ingest_is_quiet(settings: Settings) -> None:
+    with warm_app(settings, 0.5) as (c, engine, post, warmer):
+        post(events(EventFactory("os-1", prefix="w"), random.Random(8), 0, 60))
+        with engine.connect() as conn:
+            mark = analytics_warm.high_water(conn)
+        wait_for(lambda: warmer.warmed == mark)
+        stored = whole_cache(engine)
+        assert len(stored) == 6 + 5  # hw0's roster and hw1's five students
+        # the requests find every student up to date: they read the warmer's rows as
+        # they are (nothing recomputed, nothing stored) and those equal the computation
+        # from every row
+        assert served(c) == reference(engine)
+        assert whole_cache(engine) == stored
+        assert warmer.students >= 11
+        text = c.get("/metrics").text
+        assert 'watcher_analytics_warm_runs_total{result="done"}' in text
+        assert "watcher_analytics_warm_students_total" in text
+
+        # more, later rows: folded in by the next warm-up, still exact
+        runs = warmer.completed
+        post(events(EventFactory("os-1", prefix="w2"), random.Random(9), 10 * 3600, 20))
+        wait_for(lambda: warmer.completed > runs)
+        stored = whole_cache(engine)
+        assert served(c) == reference(engine)
+        assert whole_cache(engine) == stored
+
+
+def test_warmer_waits_while_ingest_keeps_going(settings: Settings) -> None:
+    with warm_app(settings, 1.5) as (c, engine, post, warmer):
+        wait_for(lambda: warmer.completed == 1)  # the roster, once quiet
+        f, rng = EventFactory("os-1", prefix="busy"), random.Random(10)
+        t_end = time.monotonic() + 4.0
+        k = 0
+        while time.monotonic() < t_end:  # a batch every 0.2 s: never quiet for 1.5 s
+            post(events(f, rng, k * 3600, 2))
+            k += 1
+            time.sleep(0.2)
+        assert warmer.runs == 1 and len(whole_cache(engine)) == 6  # only the roster's
+        wait_for(lambda: warmer.completed == 2)  # quiet again: warmed
+        stored = whole_cache(engine)
+        assert served(c) == reference(engine)
+        assert whole_cache(engine) == stored
+
+
+class _Slow(analytics_warm.AnalyticsWarmer):
+    """Stands still after its first student until asked to stop (a long refresh)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_warm = threading.Event()
+
+    def _after_student(self) -> None:
+        self.in_warm.set()
+        self._stop.wait(10)
+
+
+def test_shutdown_while_warming_is_clean(settings: Settings) -> None:
+    with warm_app(settings, 0) as (c, engine, post, app_warmer):
+        assert app_warmer._thread is None  # 0 disables it
+        post(events(EventFactory("os-1", prefix="s"), random.Random(11), 0, 40))
+        warmer = _Slow(engine, 0.1, poll_s=0.02)
+        warmer.start()
+        assert warmer.in_warm.wait(10)
+        t = time.monotonic()
+        warmer.stop()
+        assert time.monotonic() - t < 2.0 and warmer._thread is None
+        # the one student done was stored, exact; the next request does the rest
+        assert warmer.completed == 0 and warmer.students == 1
+        assert len(whole_cache(engine)) == 1
+        assert served(c) == reference(engine)
+        assert len(whole_cache(engine)) == 1 + 5

@@ -33,7 +33,7 @@ import logging
 import operator
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -41,6 +41,7 @@ import orjson
 from sqlalchemy import (
     BigInteger,
     Connection,
+    Engine,
     Integer,
     Select,
     Table,
@@ -462,10 +463,27 @@ def refresh(conn: Connection, cls: int, asg: int) -> dict[int, State]:
     with lock, conn.engine.connect() as own:
         if own.dialect.name == "postgresql":  # counts and rows from one snapshot
             own = own.execution_options(isolation_level="REPEATABLE READ")
-        return _refresh(own, cls, asg)
+        return _refresh(own, cls, asg)[0]
 
 
-def _refresh(conn: Connection, cls: int, asg: int) -> dict[int, State]:
+def warm(engine: Engine, cls: int, asg: int, between: Callable[[], bool]) -> tuple[int, bool]:
+    """``refresh`` for the background warmer (analytics_warm): the same lock and the same
+    computation; ``between()`` runs after each student brought up to date (it yields the
+    GIL) and returning False stops early — the students done so far are stored, the rest
+    are left to the next refresh. (students updated, whether it went through them all)"""
+    with _locks_guard:
+        lock = _locks[asg]
+    with lock, engine.connect() as own:
+        if own.dialect.name == "postgresql":
+            own = own.execution_options(isolation_level="REPEATABLE READ")
+        _, n, done = _refresh(own, cls, asg, between)
+        return n, done
+
+
+def _refresh(
+    conn: Connection, cls: int, asg: int, between: Callable[[], bool] | None = None
+) -> tuple[dict[int, State], int, bool]:
+    """(states, students updated, whether every student was looked at)."""
     in_class = select(STUDENTS.c.id).where(STUDENTS.c.class_id == cls)
     cached: dict[int, _Row] = {}
     for c in conn.execute(select(CACHE).where(CACHE.c.assignment_id == asg)).mappings():
@@ -496,6 +514,7 @@ def _refresh(conn: Connection, cls: int, asg: int) -> dict[int, State]:
             now.setdefault(int(spk), [0, 0, 0])[i] = int(n)
     out: dict[int, State] = {}
     changed: dict[int, _Row] = {}
+    done = False
     for spk in set(now) | set(cached):
         counts = tuple(now.get(spk, (0, 0, 0)))
         old = cached.get(spk)
@@ -503,11 +522,15 @@ def _refresh(conn: Connection, cls: int, asg: int) -> dict[int, State]:
             row = old
         else:
             row = changed[spk] = _update(conn, asg, spk, old, counts)
+            if between is not None and not between():
+                break
         if row.snap_n or row.run_n or row.cell_n:
             out[spk] = row.state
+    else:
+        done = True
     if changed:
         _store(conn, asg, changed)
-    return out
+    return out, len(changed), done
 
 
 def _store(conn: Connection, asg: int, rows: dict[int, _Row]) -> None:

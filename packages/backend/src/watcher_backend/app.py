@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import __version__, compat_names, ingest, ops, ui
+from .analytics_warm import AnalyticsWarmer
 from .auth import TokenTable
 from .compat_fast import CompatWriteFastPath
 from .config import Settings
@@ -62,11 +63,15 @@ def create_app(settings: Settings | None = None, *, compat_fast_path: bool = Tru
         )
         compat_names.install(engine, writer)  # before the writer opens its connection
         writer.start()
+        warmer = AnalyticsWarmer(engine, settings.analytics_warm_idle_s, registry=metrics.registry)
+        warmer.start()
         app.state.engine = engine
         app.state.writer = writer
+        app.state.warmer = warmer
         try:
             yield
         finally:
+            warmer.stop()
             writer.stop()
             engine.dispose()
 

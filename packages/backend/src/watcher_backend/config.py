@@ -42,6 +42,8 @@ class Settings(BaseModel):
     # instructor UI sessions: HMAC secret (empty → random per process) and lifetime
     session_secret: str = Field(default="", repr=False)
     session_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    # analytics cache warm-up once ingest has been quiet this long (seconds; 0 = off)
+    analytics_warm_idle_s: float = Field(default=2.0, ge=0, le=3600)
 
     @property
     def has_tokens(self) -> bool:
@@ -62,6 +64,7 @@ class Settings(BaseModel):
             "WATCHER_MAX_BATCH_EVENTS": "max_batch_events",
             "WATCHER_WRITER_MAX_BATCH": "writer_max_batch",
             "WATCHER_SESSION_HOURS": "session_hours",
+            "WATCHER_ANALYTICS_WARM_IDLE_S": "analytics_warm_idle_s",
         }
         for var, field in simple.items():
             raw = env.get(var, "").strip()
