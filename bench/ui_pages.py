@@ -17,6 +17,11 @@ does not yet hold STUDENTS x SAVES saves (ingest is idempotent by event id, so a
 load is completed, not duplicated); unset (``make bench``), a fresh temporary database is
 loaded every time. BENCH_UI_PAGES=timeline,diff times only those parts (default: dashboard,
 timeline, diff). What is timed is the same either way.
+
+Reported besides the medians: the timeline's slowest cold load and the diff's p95 and max
+(with 20 pairs, p95 is the 19th of 20). Version A is still chosen in the compare-from
+<select> (since 2026-11-26 a list box rather than a drop-down; the same selectedIndex +
+change event as before).
 """
 
 from __future__ import annotations
