@@ -8,6 +8,7 @@ what the rest of the agent sees.
 from __future__ import annotations
 
 import ctypes
+import struct
 from dataclasses import dataclass
 
 ABI_VERSION = 2
@@ -210,96 +211,174 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+# struct formats derived from the ctypes layouts above (themselves checked against the
+# header): one unpack_from per record instead of a ctypes copy + one attribute read per
+# field (~40 % of the decoding time)
+_CODES: dict[type, str] = {_u16: "H", _u32: "I", _u64: "Q"}
+
+
+def _flat(cls: type[ctypes.Structure], base: int = 0) -> list[tuple[int, str, str]]:
+    out: list[tuple[int, str, str]] = []
+    for name, typ in cls._fields_:  # type: ignore[misc]
+        off = base + getattr(cls, name).offset
+        if isinstance(typ, type) and issubclass(typ, ctypes.Structure):
+            out += _flat(typ, off)
+        elif isinstance(typ, type) and issubclass(typ, ctypes.Array):
+            out.append((off, name, f"{ctypes.sizeof(typ)}s"))  # c_char arrays only
+        else:
+            out.append((off, name, _CODES[typ]))
+    return out
+
+
+def layout_struct(cls: type[ctypes.Structure]) -> tuple[struct.Struct, tuple[str, ...]]:
+    """A little-endian ``struct.Struct`` with the same offsets and size as ``cls`` (nested
+    structures flattened, padding as ``x``), and the field names in unpack order."""
+    fmt, pos, names = "<", 0, []
+    for off, name, code in _flat(cls):
+        fmt += "x" * (off - pos) + code
+        pos = off + struct.calcsize("<" + code)
+        names.append(name)
+    fmt += "x" * (ctypes.sizeof(cls) - pos)
+    st = struct.Struct(fmt)
+    if st.size != ctypes.sizeof(cls):
+        raise AssertionError(f"{cls.__name__}: struct size {st.size} != {ctypes.sizeof(cls)}")
+    return st, tuple(names)
+
+
+def _checked(cls: type[ctypes.Structure], names: tuple[str, ...]) -> struct.Struct:
+    # the decoders below unpack by position: the names must be these, in this order
+    st, got = layout_struct(cls)
+    if got != names:
+        raise AssertionError(f"{cls.__name__} fields {got} != decoder's {names}")
+    return st
+
+
+_HDR = _checked(PmHdr, ("type", "version", "size", "ts_ns"))
+_TYPE_VERSION = struct.Struct("<HH")  # the header's first two fields
+_EXEC = _checked(
+    PmExec,
+    (
+        *("type", "version", "size", "ts_ns", "tgid", "ns_tgid", "ppid", "uid", "gid"),
+        *("flags", "cgroup_id", "fork_ns", "pidns_ino", "mntns_ino", "argv_len"),
+        *("argv_orig_len", "filename_len", "exe_len", "cwd_len", "_pad0", "build_tgid"),
+        *("_pad1", "nodename"),
+    ),
+)
+_EXIT = _checked(
+    PmExit, ("type", "version", "size", "ts_ns", "tgid", "status", "last_tid", "flags")
+)
+_STDERR = _checked(
+    PmStderr, ("type", "version", "size", "ts_ns", "tgid", "build_tgid", "len", "orig_len")
+)
+
+
 def _argv(raw: bytes) -> tuple[str, ...]:
     # The arg area is "a\0b\0c\0"; a truncated one ends inside an argument, which is kept.
+    # Decoding before splitting is the same: NUL never joins a multi-byte sequence.
     if not raw:
         return ()
-    if raw.endswith(b"\0"):
+    if raw[-1] == 0:
         raw = raw[:-1]
-    return tuple(_text(a) for a in raw.split(b"\0"))
+    return tuple(raw.decode("utf-8", "surrogateescape").split("\0"))
 
 
 def _path(raw: bytes, unreachable: bool) -> str:
     """Components leaf first, each NUL-ended -> "/a/b/c"; "" when the path is unknown."""
-    parts = raw.split(b"\0")[:-1]
+    parts = raw.decode("utf-8", "surrogateescape").split("\0")
+    del parts[-1]
     if unreachable and not parts:
         return ""
-    return "/" + "/".join(_text(p) for p in reversed(parts))
+    parts.reverse()
+    return "/" + "/".join(parts)
 
 
 def _exec(buf: bytes) -> ExecEvent:
-    head = ctypes.sizeof(PmExec)
+    head = _EXEC.size
     if len(buf) < head:
         raise DecodeError(f"exec record of {len(buf)} bytes < {head}")
-    r = PmExec.from_buffer_copy(buf)
-    a, f, x, c = r.argv_len, r.filename_len, r.exe_len, r.cwd_len
-    if head + a + f + x + c != r.hdr.size or r.hdr.size > len(buf):
-        raise DecodeError(
-            f"exec record size {r.hdr.size} (buffer {len(buf)}) != {head}+{a}+{f}+{x}+{c}"
-        )
-    p = head
-    argv_raw, p = buf[p : p + a], p + a
-    fname_raw, p = buf[p : p + f], p + f
-    exe_raw, p = buf[p : p + x], p + x
-    cwd_raw = buf[p : p + c]
-    truncated = bool(r.flags & F_ARGV_TRUNC)
+    (
+        _t,
+        _v,
+        size,
+        ts_ns,
+        tgid,
+        ns_tgid,
+        ppid,
+        uid,
+        gid,
+        flags,
+        cgroup_id,
+        fork_ns,
+        pidns,
+        mntns,
+        a,
+        orig_len,
+        f,
+        x,
+        c,
+        _p0,
+        build_tgid,
+        _p1,
+        node,
+    ) = _EXEC.unpack_from(buf)
+    if head + a + f + x + c != size or size > len(buf):
+        raise DecodeError(f"exec record size {size} (buffer {len(buf)}) != {head}+{a}+{f}+{x}+{c}")
+    p = head + a
+    fname_raw = buf[p : p + f]
+    p += f
+    exe_raw = buf[p : p + x]
+    p += x
     return ExecEvent(
-        ts_ns=r.hdr.ts_ns,
-        tgid=r.tgid,
-        ns_tgid=r.ns_tgid,
-        ppid=r.ppid,
-        uid=r.uid,
-        gid=r.gid,
-        flags=r.flags,
-        cgroup_id=r.cgroup_id,
-        fork_ns=r.fork_ns,
-        pidns=r.pidns_ino,
-        mntns=r.mntns_ino,
-        nodename=_text(r.nodename),
-        filename=_text(fname_raw.split(b"\0", 1)[0]),
-        argv=_argv(argv_raw),
-        argv_truncated=truncated,
-        argv_len=r.argv_orig_len,
-        exe=_path(exe_raw, bool(r.flags & F_EXE_UNREACH)),
-        cwd=_path(cwd_raw, bool(r.flags & F_CWD_UNREACH)),
-        build_tgid=r.build_tgid,
+        ts_ns,
+        tgid,
+        ns_tgid,
+        ppid,
+        uid,
+        gid,
+        flags,
+        cgroup_id,
+        fork_ns,
+        pidns,
+        mntns,
+        node.partition(b"\0")[0].decode("utf-8", "surrogateescape"),
+        fname_raw.partition(b"\0")[0].decode("utf-8", "surrogateescape"),
+        _argv(buf[head : head + a]),
+        bool(flags & F_ARGV_TRUNC),
+        orig_len,
+        _path(exe_raw, bool(flags & F_EXE_UNREACH)),
+        _path(buf[p : p + c], bool(flags & F_CWD_UNREACH)),
+        build_tgid,
     )
 
 
 def _exit(buf: bytes) -> ExitEvent:
-    if len(buf) < ctypes.sizeof(PmExit):
-        raise DecodeError(f"exit record of {len(buf)} bytes < {ctypes.sizeof(PmExit)}")
-    r = PmExit.from_buffer_copy(buf)
-    return ExitEvent(ts_ns=r.hdr.ts_ns, tgid=r.tgid, status=r.status, last_tid=r.last_tid)
+    if len(buf) < _EXIT.size:
+        raise DecodeError(f"exit record of {len(buf)} bytes < {_EXIT.size}")
+    _t, _v, _s, ts_ns, tgid, status, last_tid, _f = _EXIT.unpack_from(buf)
+    return ExitEvent(ts_ns, tgid, status, last_tid)
 
 
 def _stderr(buf: bytes) -> StderrEvent:
-    head = ctypes.sizeof(PmStderr)
+    head = _STDERR.size
     if len(buf) < head:
         raise DecodeError(f"stderr record of {len(buf)} bytes < {head}")
-    r = PmStderr.from_buffer_copy(buf)
-    if r.hdr.size != head + r.len or r.hdr.size > len(buf):
-        raise DecodeError(f"stderr record size {r.hdr.size} (buffer {len(buf)}) != {head}+{r.len}")
-    return StderrEvent(
-        ts_ns=r.hdr.ts_ns,
-        tgid=r.tgid,
-        build_tgid=r.build_tgid,
-        data=buf[head : head + r.len],
-        orig_len=r.orig_len,
-    )
+    _t, _v, size, ts_ns, tgid, build_tgid, n, orig_len = _STDERR.unpack_from(buf)
+    if size != head + n or size > len(buf):
+        raise DecodeError(f"stderr record size {size} (buffer {len(buf)}) != {head}+{n}")
+    return StderrEvent(ts_ns, tgid, build_tgid, buf[head : head + n], orig_len)
 
 
 def decode(buf: bytes) -> Event:
     """One ring buffer record -> an event; raises DecodeError on a malformed record."""
-    if len(buf) < ctypes.sizeof(PmHdr):
+    if len(buf) < _HDR.size:
         raise DecodeError(f"record of {len(buf)} bytes is shorter than its header")
-    hdr = PmHdr.from_buffer_copy(buf)
-    if hdr.version != ABI_VERSION:
-        raise DecodeError(f"record ABI version {hdr.version}, expected {ABI_VERSION}")
-    if hdr.type == EV_EXEC:
+    typ, version = _TYPE_VERSION.unpack_from(buf)
+    if version != ABI_VERSION:
+        raise DecodeError(f"record ABI version {version}, expected {ABI_VERSION}")
+    if typ == EV_EXEC:
         return _exec(buf)
-    if hdr.type == EV_EXIT:
+    if typ == EV_EXIT:
         return _exit(buf)
-    if hdr.type == EV_STDERR:
+    if typ == EV_STDERR:
         return _stderr(buf)
-    raise DecodeError(f"unknown record type {hdr.type}")
+    raise DecodeError(f"unknown record type {typ}")
