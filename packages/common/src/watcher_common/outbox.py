@@ -98,6 +98,18 @@ class OutboxLocked(OutboxError):
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedEvent:
+    """An event its agent has already serialized as wire JSON (compact, UTF-8, ``None``
+    fields left out), stored as is: for hot paths where building and dumping the pydantic
+    model would cost more than the rest of the event's handling. The agent guarantees the
+    body validates as ``kind`` (its tests check it against the wire model); no content."""
+
+    event_id: str
+    kind: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class QueuedEvent:
     seq: int
     event_id: str
@@ -398,15 +410,26 @@ class Outbox:
 
     # ---- producer side --------------------------------------------------------------
 
-    def put(self, event: Event, content: bytes | None = None) -> None:
+    # put/put_many also take EncodedEvent (agents check for this flag)
+    accepts_encoded = True
+
+    def put(self, event: Event | EncodedEvent, content: bytes | None = None) -> None:
         """Store one event durably (content: see ``prepare_event``). Raises OutboxFull."""
         self.put_many([(event, content)])
 
-    def put_many(self, items: Iterable[Event | tuple[Event, bytes | None]]) -> None:
+    def put_many(
+        self,
+        items: Iterable[Event | EncodedEvent | tuple[Event | EncodedEvent, bytes | None]],
+    ) -> None:
         """Store several events in one transaction: all of them or none."""
         prepared: list[_Prepared] = []
         for item in items:
             event, content = item if isinstance(item, tuple) else (item, None)
+            if isinstance(event, EncodedEvent):
+                if content is not None:
+                    raise ValueError("content given with an encoded event")
+                prepared.append(_Prepared(event.event_id, event.kind, event.body, None))
+                continue
             ready, blob = prepare_event(event, content)
             body = ready.model_dump_json(exclude_none=True).encode()
             prepared.append(_Prepared(ready.event_id, ready.kind, body, blob))

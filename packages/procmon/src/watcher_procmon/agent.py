@@ -19,8 +19,8 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Protocol, runtime_checkable
 
 from watcher_common.identity import DEFAULT, IdentityConfig, NotStudent, Workspace
-from watcher_common.outbox import OutboxFull
-from watcher_common.wire import Event
+from watcher_common.outbox import EncodedEvent, OutboxFull
+from watcher_common.wire import Event, ProcessRun
 from watcher_procmon.classify import Classification, classify
 from watcher_procmon.diagnostics import StderrCollector
 from watcher_procmon.events import Event as KernelEvent
@@ -29,7 +29,7 @@ from watcher_procmon.metrics import ProcmonMetrics, process_name
 from watcher_procmon.mntns import Namespaces
 from watcher_procmon.records import BootClock, Pairer, ProcessRecord
 from watcher_procmon.sources import SourceRead, capture_sources, container_path
-from watcher_procmon.to_wire import Origin, origin, process_run, snapshot
+from watcher_procmon.to_wire import Origin, origin, process_run, process_run_encoded, snapshot
 
 log = logging.getLogger("watcher_procmon.agent")
 
@@ -59,9 +59,15 @@ class BatchSink(Sink, Protocol):
     def put_many(self, items: Iterable[Event | tuple[Event, bytes | None]]) -> None: ...
 
 
+class EncodedSink(Protocol):
+    """A sink that also stores already-encoded events (the outbox: ``accepts_encoded``)."""
+
+    def put(self, event: Event | EncodedEvent, content: bytes | None = None) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class _Put:
-    event: Event
+    event: Event | EncodedEvent
     content: bytes | None
     done: Callable[[], None] | None  # after it is stored
     failed: Callable[[], None] | None  # when the sink refused it (OutboxFull)
@@ -125,6 +131,13 @@ class Pipeline:
         self._after_batch: list[Callable[[], None]] = []
         self._put_many: Callable[[Iterable[tuple[Event, bytes | None]]], None] | None = (
             sink.put_many if isinstance(sink, BatchSink) else None
+        )
+        # runs without sources or build output skip the pydantic model when the sink can
+        # take their JSON directly (see to_wire.process_run_encoded)
+        self._encoded: EncodedSink | None = (
+            sink  # type: ignore[assignment]
+            if getattr(sink, "accepts_encoded", False) is True
+            else None
         )
 
         # per-label children looked up once: .labels() hashes and locks on every call
@@ -319,15 +332,19 @@ class Pipeline:
         if isinstance(p.origin, NotStudent):
             self._drop_not_student.inc()
             return
+        run: ProcessRun | EncodedEvent | None = None
+        if self._encoded is not None and build is None and not p.sources:
+            run = process_run_encoded(rec, p.cls, p.origin, self.node, self.version)
         try:
-            run = process_run(
-                rec, p.cls, p.origin, p.sources, build, self.node, self.version, self.identity
-            )
+            if run is None:
+                run = process_run(
+                    rec, p.cls, p.origin, p.sources, build, self.node, self.version, self.identity
+                )
         except ValueError as exc:  # pydantic's ValidationError, undecodable text
             self._drop_invalid.inc()
             log.warning("process record not sendable (%s): %s", p.cls.tool, type(exc).__name__)
             return
-        if build is not None:
+        if build is not None and isinstance(run, ProcessRun):
             self.metrics.diagnostics.inc(len(run.diagnostics))
         counter = self._process_events(process_name(p.cls, ev.exe))
         end_ns = rec.end_ns
@@ -350,7 +367,7 @@ class Pipeline:
 
     def _put(
         self,
-        event: Event,
+        event: Event | EncodedEvent,
         content: bytes | None,
         done: Callable[[], None] | None = None,
         failed: Callable[[], None] | None = None,
@@ -372,7 +389,7 @@ class Pipeline:
         after, self._after_batch = self._after_batch, []
         if len(items) > 1 and self._put_many is not None:
             try:
-                self._put_many([(i.event, i.content) for i in items])
+                self._put_many([(i.event, i.content) for i in items])  # type: ignore[misc]
             except OutboxFull:
                 # all or none: store what still fits one by one, as unbatched puts would
                 self._store_each(items)
@@ -387,7 +404,11 @@ class Pipeline:
         refused: list[_Put] = []
         for item in items:
             try:
-                self.sink.put(item.event, item.content)
+                if isinstance(item.event, EncodedEvent):
+                    assert self._encoded is not None  # only made for such a sink
+                    self._encoded.put(item.event, None)
+                else:
+                    self.sink.put(item.event, item.content)
             except OutboxFull as exc:
                 self._drop_full.inc()
                 refused.append(item)
