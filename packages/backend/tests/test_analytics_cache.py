@@ -8,6 +8,7 @@ and the row-level SQL (analytics_sql), independently of the cache (SQLite and Po
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
@@ -278,7 +279,10 @@ def wait_for(cond: Any, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def test_warmer_fills_the_cache_once_ingest_is_quiet(settings: Settings) -> None:
+def test_warmer_fills_the_cache_once_ingest_is_quiet(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=analytics_warm.__name__)
     with warm_app(settings, 0.5) as (c, engine, post, warmer):
         post(events(EventFactory("os-1", prefix="w"), random.Random(8), 0, 60))
         with engine.connect() as conn:
@@ -295,6 +299,9 @@ def test_warmer_fills_the_cache_once_ingest_is_quiet(settings: Settings) -> None
         text = c.get("/metrics").text
         assert 'watcher_analytics_warm_runs_total{result="done"}' in text
         assert "watcher_analytics_warm_students_total" in text
+        logged = [r.getMessage() for r in caplog.records if r.name == analytics_warm.__name__]
+        assert any("warm-up done" in msg for msg in logged)
+        assert not any(sid in msg for sid in STUDENTS for msg in logged)
 
         # more, later rows: folded in by the next warm-up, still exact
         runs = warmer.completed

@@ -32,6 +32,8 @@ SOURCES = (SNAPSHOTS, RUNS, NOTEBOOK_CELLS)
 Mark = tuple[int, int, int]  # highest snapshot, run and cell id
 # While warming, look at the ids again at most this often (a query, not per student).
 RECHECK_S = 0.2
+# Warm-ups at least this long are logged at INFO.
+INFO_AFTER_S = 1.0
 
 
 def high_water(conn: Connection) -> Mark:
@@ -165,16 +167,17 @@ class AnalyticsWarmer:
         if self._runs_metric is not None and self._students_metric is not None:
             self._runs_metric.labels("done" if done else "interrupted").inc()
             self._students_metric.inc(students)
-        if not students and done:
-            log.debug("analytics cache already warm (%d assignments)", len(todo))
-        else:
-            log.info(
-                "analytics cache warm-up %s: %d of %d assignments, %d students, "
-                "%.2f s (%.2f s CPU)",
-                "done" if done else ("stopped" if self._stop.is_set() else "paused by ingest"),
-                assignments,
-                len(todo),
-                students,
-                time.perf_counter() - t0,
-                time.thread_time() - cpu0,
-            )
+        wall = time.perf_counter() - t0
+        # INFO for the warm-ups that matter (a big ingest folded in); the small ones
+        # between a live class's bursts only at DEBUG
+        level = logging.INFO if wall >= INFO_AFTER_S else logging.DEBUG
+        log.log(
+            level,
+            "analytics cache warm-up %s: %d of %d assignments, %d students, %.2f s (%.2f s CPU)",
+            "done" if done else ("stopped" if self._stop.is_set() else "paused by ingest"),
+            assignments,
+            len(todo),
+            students,
+            wall,
+            time.thread_time() - cpu0,
+        )
