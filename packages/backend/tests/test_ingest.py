@@ -95,7 +95,8 @@ def test_idempotent_across_batches(client: TestClient, agent_headers: dict[str, 
     assert statuses(post(client, agent_headers, evs)) == ["duplicate"] * 5
     assert rows(client, "SELECT count(*) FROM snapshots")[0][0] == 5
     assert rows(client, "SELECT count(*) FROM events")[0][0] == 5
-    assert rows(client, "SELECT count(*) FROM file_events")[0][0] == 5
+    # the snapshots are the create/modify records: no file_events rows (migration 0008)
+    assert rows(client, "SELECT count(*) FROM file_events")[0][0] == 0
 
 
 def test_snapshot_versions_create_modify_and_identical(
@@ -105,9 +106,8 @@ def test_snapshot_versions_create_modify_and_identical(
     v2 = snapshot("src/a b#?@한글.c", b"two")
     v2_again = snapshot("src/a b#?@한글.c", b"two")  # same content, new event: still a version
     assert statuses(post(client, agent_headers, [v1, v2, v2_again])) == ["stored"] * 3
-    ops = rows(client, "SELECT op, snapshot_id FROM file_events ORDER BY id")
-    assert [o for o, _ in ops] == ["create", "modify", "modify"]
-    assert all(s is not None for _, s in ops)
+    assert rows(client, "SELECT count(*) FROM snapshots")[0][0] == 3
+    assert rows(client, "SELECT count(*) FROM file_events")[0][0] == 0
     f = rows(client, "SELECT path, compat_name, deleted, last_sha256 FROM files")
     assert f == [
         ("src/a b#?@한글.c", "src@a b#?@한글.c", False, hashlib.sha256(b"two").hexdigest())
@@ -207,7 +207,8 @@ def test_delete_is_a_file_event_not_a_snapshot(
     assert rows(client, "SELECT count(*) FROM snapshots")[0][0] == 1
     assert statuses(post(client, agent_headers, [v2])) == ["stored"]
     ops = rows(client, "SELECT op, snapshot_id IS NULL FROM file_events ORDER BY ts_us")
-    assert ops == [("create", False), ("delete", True), ("create", False)]
+    assert ops == [("delete", True)]
+    assert rows(client, "SELECT count(*) FROM snapshots")[0][0] == 2
     assert rows(client, "SELECT deleted FROM files") == [(False,)]
     # deleting a path never seen still records the event
     ghost = base("file.delete", assignment="hw1", path="never.c")
@@ -229,7 +230,7 @@ def test_rename(client: TestClient, agent_headers: dict[str, str]) -> None:
         "SELECT f.path, e.op, e.old_path FROM file_events e JOIN files f ON f.id = e.file_id "
         "ORDER BY e.id",
     )
-    assert ev == [("old.c", "create", None), ("new.c", "rename", "old.c")]
+    assert ev == [("new.c", "rename", "old.c")]
     assert rows(client, "SELECT count(*) FROM snapshots")[0][0] == 1
 
 

@@ -58,3 +58,88 @@ def test_postgres_url_gets_psycopg_driver() -> None:
     assert normalize_url("postgresql://u@h/db").drivername == "postgresql+psycopg"
     assert normalize_url("postgres://u@h/db").drivername == "postgresql+psycopg"
     assert normalize_url("sqlite:///x.db").drivername == "sqlite"
+
+
+def test_0008_keeps_rows_indexes_and_triggers(empty_db_url: str) -> None:
+    """0007 -> 0008 on a database with data: rows copied, create/modify file_events gone,
+    snapshot indexes and the stats triggers still there (a DELETE still updates stats),
+    ``events`` WITHOUT ROWID on SQLite and still rejecting a second copy of an id."""
+    from alembic import command
+    from sqlalchemy import text
+    from sqlalchemy.exc import IntegrityError
+
+    engine = make_engine(empty_db_url)
+    try:
+        with engine.begin() as conn:
+            cfg = alembic_config(engine)
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0007")
+        with engine.begin() as conn:
+            x = conn.execute
+            x(text("INSERT INTO classes (class_div, subject, division) VALUES ('c-1', 'c', '1')"))
+            x(text("INSERT INTO students (class_id, student_id) VALUES (1, 's1')"))
+            x(text("INSERT INTO assignments (class_id, name) VALUES (1, 'hw')"))
+            x(
+                text(
+                    "INSERT INTO files (student_pk, assignment_id, path, compat_name, created_us,"
+                    " deleted, last_sha256) VALUES (1, 1, 'a.c', 'a.c', 1, false, NULL)"
+                )
+            )
+            for i in (1, 2):
+                x(
+                    text(
+                        "INSERT INTO events (event_id, kind, received_us) "
+                        "VALUES (:e, 'file.snapshot', 1)"
+                    ),
+                    {"e": f"e{i}"},
+                )
+                x(
+                    text(
+                        "INSERT INTO snapshots (id, event_id, file_id, student_pk, assignment_id,"
+                        " ts_us, size, sha256, source, reconciled, too_large, node, received_us)"
+                        " VALUES (:i, :e, 1, 1, 1, :i, 10, NULL, 'compat', false, false, '', 1)"
+                    ),
+                    {"i": i, "e": f"e{i}"},
+                )
+                x(
+                    text(
+                        "INSERT INTO file_events (event_id, file_id, student_pk, assignment_id,"
+                        " op, ts_us, snapshot_id, old_path, reconciled)"
+                        " VALUES (:e, 1, 1, 1, :op, :i, :i, NULL, false)"
+                    ),
+                    {"i": i, "e": f"e{i}", "op": "create" if i == 1 else "modify"},
+                )
+            x(
+                text(
+                    "INSERT INTO file_events (event_id, file_id, student_pk, assignment_id, op,"
+                    " ts_us, snapshot_id, old_path, reconciled)"
+                    " VALUES ('d', 1, 1, 1, 'delete', 3, NULL, NULL, false)"
+                )
+            )
+            x(text("INSERT INTO assignment_student_stats VALUES (1, 1, 2, 20, 2)"))
+        migrate(engine)
+        insp = inspect(engine)
+        assert {i["name"] for i in insp.get_indexes("snapshots")} == {
+            i.name for i in Base.metadata.tables["snapshots"].indexes
+        }
+        with engine.begin() as conn:
+            assert conn.execute(text("SELECT id, event_id FROM snapshots ORDER BY id")).all() == [
+                (1, "e1"),
+                (2, "e2"),
+            ]
+            assert conn.execute(text("SELECT event_id, op FROM file_events")).all() == [
+                ("d", "delete")
+            ]
+            conn.execute(text("DELETE FROM snapshots WHERE id = 2"))  # the stats trigger
+            assert conn.execute(
+                text("SELECT snapshots, size_sum FROM assignment_student_stats")
+            ).all() == [(1, 10)]
+            if engine.dialect.name == "sqlite":
+                sql = conn.execute(
+                    text("SELECT sql FROM sqlite_master WHERE name = 'events'")
+                ).scalar_one()
+                assert "WITHOUT ROWID" in sql
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text("INSERT INTO events VALUES ('e1', 'file.snapshot', 2)"))
+    finally:
+        engine.dispose()

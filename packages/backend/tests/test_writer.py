@@ -138,12 +138,14 @@ def test_sync_api_and_stop(engine: Engine) -> None:
 
 async def test_database_error_isolates_the_event(writer: GroupCommitWriter, engine: Engine) -> None:
     # The set-wise insert of a group fails on one event (its snapshot row exists but its
-    # events row was removed, so the duplicate check passes): the group is redone one
-    # event per savepoint and only that event is refused.
+    # events row was removed, so the duplicate check passes, and a unique index the test
+    # adds refuses the second snapshot row): the group is redone one event per savepoint
+    # and only that event is refused.
     a = snap("202000004", "a.c", b"a")
     (r,) = await writer.submit([a])
     assert r.status == "stored"
     with engine.begin() as conn:
+        conn.execute(text("CREATE UNIQUE INDEX test_snapshots_event ON snapshots (event_id)"))
         conn.execute(text("DELETE FROM events WHERE event_id = :e"), {"e": a.event_id})
     b, c = snap("202000004", "b.c", b"b"), snap("202000005", "c.c", b"c")
     first, second = await asyncio.gather(writer.submit([b, a]), writer.submit([c]))

@@ -395,9 +395,9 @@ class _Batch:
         key: tuple[int, int, str],
         op: str,
         ts_us: int,
-        snapshot_id: int | None = None,
         old_path: str | None = None,
     ) -> None:
+        # deletes and renames only; snapshot_id stays NULL (0008)
         self.file_events.append(
             (
                 ev.event_id,
@@ -406,7 +406,7 @@ class _Batch:
                 key[1],
                 op,
                 ts_us,
-                snapshot_id,
+                None,
                 old_path,
                 bool(getattr(ev, "reconciled", False)),
             )
@@ -453,17 +453,12 @@ class _Batch:
         sha = ev.sha256
         state = cache.files.get(key) or self.file(key)
         if state is None:
-            op = "create"
             state = self.create_file(key, ts, deleted=False, last_sha256=sha)
         else:
-            if state.deleted:
-                op = "create"
-            else:
-                op = "modify"
-                # A repeat of the last content is still a version the agent chose to
-                # report: stored like any other (agents dedupe), only counted here.
-                if sha is not None and state.last_sha256 == sha:
-                    cache.unchanged_snapshots += 1
+            # A repeat of the last content is still a version the agent chose to
+            # report: stored like any other (agents dedupe), only counted here.
+            if not state.deleted and sha is not None and state.last_sha256 == sha:
+                cache.unchanged_snapshots += 1
             if state.deleted or state.last_sha256 != sha:  # = set_file, inline
                 state.deleted = False
                 state.last_sha256 = sha
@@ -478,12 +473,11 @@ class _Batch:
             if ts > totals[2]:
                 totals[2] = ts
         sid = next(self.snapshot_ids)
-        eid = ev.event_id
-        reconciled = ev.reconciled
+        # No file_events row: the snapshot is the create/modify record (migration 0008).
         self.snapshots.append(
             (
                 sid,
-                eid,
+                ev.event_id,
                 state.id,
                 spk,
                 aid,
@@ -491,14 +485,12 @@ class _Batch:
                 size,
                 sha,
                 ev.source,
-                reconciled,
+                ev.reconciled,
                 ev.too_large,
                 ev.node,
                 self.received,
             )
         )
-        # = file_event(ev, state, key, op, ts, snapshot_id=sid), inline
-        self.file_events.append((eid, state.id, spk, aid, op, ts, sid, None, reconciled))
 
     def delete(self, ev: FileDelete | FastFileDelete) -> None:
         cid, spk = self.student(ev, self.check_student(ev))

@@ -89,9 +89,13 @@ class BlobRow(Base):
 
 
 class EventRow(Base):
-    """Idempotency registry: every accepted event id, whatever its kind, exactly once."""
+    """Idempotency registry: every accepted event id, whatever its kind, exactly once.
+
+    SQLite: WITHOUT ROWID, so the TEXT primary key is the table's only b-tree (0008).
+    """
 
     __tablename__ = "events"
+    __table_args__ = {"sqlite_with_rowid": False}  # noqa: RUF012 - SQLAlchemy reads it
     event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     kind: Mapped[str] = mapped_column(String(32))
     received_us: Mapped[int] = mapped_column(BigInteger)
@@ -117,7 +121,8 @@ class SnapshotRow(Base):
         Index("ix_snapshots_sha", "sha256"),
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    event_id: Mapped[str] = mapped_column(String(128), unique=True)
+    # not UNIQUE: ``events`` already holds every stored id once (0008)
+    event_id: Mapped[str] = mapped_column(String(128))
     file_id: Mapped[int] = mapped_column(ForeignKey("files.id"))
     student_pk: Mapped[int] = mapped_column(ForeignKey("students.id"))
     assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"))
@@ -132,7 +137,8 @@ class SnapshotRow(Base):
 
 
 class FileEventRow(Base):
-    """create / modify / delete / rename of a file, in order. A delete is not a snapshot."""
+    """delete / rename of a file. A create or modify is its snapshot row (0008: no
+    file_events row since; older create/modify rows were removed)."""
 
     __tablename__ = "file_events"
     __table_args__ = (
@@ -144,7 +150,7 @@ class FileEventRow(Base):
     file_id: Mapped[int] = mapped_column(ForeignKey("files.id"))
     student_pk: Mapped[int] = mapped_column(ForeignKey("students.id"))
     assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"))
-    op: Mapped[str] = mapped_column(String(16))  # create | modify | delete | rename
+    op: Mapped[str] = mapped_column(String(16))  # delete | rename (create | modify before 0008)
     ts_us: Mapped[int] = mapped_column(BigInteger)
     snapshot_id: Mapped[int | None] = mapped_column(ForeignKey("snapshots.id"), nullable=True)
     old_path: Mapped[str | None] = mapped_column(Text, nullable=True)  # rename: where from
