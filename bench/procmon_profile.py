@@ -5,12 +5,16 @@ thread CPU per exec+exit (with and without the profiler's own overhead) and the 
 functions by cumulative time.
 
 Knobs: BENCH_PM_PROF_SECONDS (10), BENCH_PM_PROF_RATE (200), BENCH_PM_PROF_TOP (35),
-BENCH_PM_PROF_OFF=1 (no cProfile: the plain CPU per exec).
+BENCH_PM_PROF_OFF=1 (no cProfile: the plain CPU per exec), BENCH_PM_PROF_REPLAY (5): the
+raw records captured live are then decoded and fed again this many times (fresh pipeline
+and outbox each, same batches) without the kernel, the CPU per exec+exit printed for each
+(steadier than the live figure on a shared machine).
 """
 
 from __future__ import annotations
 
 import cProfile
+import gc
 import os
 import pstats
 import resource
@@ -22,15 +26,79 @@ from pathlib import Path
 
 from agentlib import BPF_OBJ
 from procmonlib import build_forkexec, in_container, require_root
+from prometheus_client import CollectorRegistry
 
 from watcher_common.outbox import Outbox
 from watcher_procmon.agent import Pipeline
+from watcher_procmon.events import decode
+from watcher_procmon.metrics import ProcmonMetrics
 from watcher_procmon.tracer import Tracer, TracerConfig
 
 SECONDS = float(os.environ.get("BENCH_PM_PROF_SECONDS", "10"))
 RATE = float(os.environ.get("BENCH_PM_PROF_RATE", "200"))
 TOP = int(os.environ.get("BENCH_PM_PROF_TOP", "35"))
 OFF = os.environ.get("BENCH_PM_PROF_OFF", "") == "1"
+REPLAY = int(os.environ.get("BENCH_PM_PROF_REPLAY", "5"))
+
+
+class _NullSink:
+    """Keeps what it is given (the pipeline's cost without the outbox's)."""
+
+    accepts_encoded = True
+
+    def __init__(self) -> None:
+        self.items: list[list[object]] = []
+
+    def put(self, event: object, content: bytes | None = None) -> None:
+        self.items.append([(event, content)])
+
+    def put_many(self, items: object) -> None:
+        self.items.append(list(items))  # type: ignore[call-overload]
+
+
+def stages(tmp: Path, batches: list[list[bytes]], execs: int) -> None:
+    """CPU per exec+exit of each stage alone: decoding, the pipeline, the outbox."""
+    per = 1e6 / max(1, execs)
+    t0 = time.thread_time()
+    decoded = [[decode(r) for r in raws] for raws in batches]
+    t1 = time.thread_time()
+    sink = _NullSink()
+    pipe = Pipeline(sink, node="bench", metrics=ProcmonMetrics(CollectorRegistry()))  # type: ignore[arg-type]
+    prof = cProfile.Profile()
+    if os.environ.get("BENCH_PM_PROF_STAGE") == "1":
+        prof.enable()
+    for evs in decoded:
+        pipe.feed_many(evs)
+    prof.disable()
+    t2 = time.thread_time()
+    pipe.close()
+    outbox = Outbox(tmp / "stages.db")
+    t3 = time.thread_time()
+    for items in sink.items:
+        outbox.put_many(items)  # type: ignore[arg-type]
+    t4 = time.thread_time()
+    outbox.close()
+    print(
+        f"stages per exec+exit: decode {(t1 - t0) * per:.1f} us,"
+        f" pipeline {(t2 - t1) * per:.1f} us, outbox {(t4 - t3) * per:.1f} us"
+        f" ({len(sink.items)} transactions)"
+    )
+    if os.environ.get("BENCH_PM_PROF_STAGE") == "1":
+        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(TOP)
+
+
+def replay(tmp: Path, batches: list[list[bytes]], execs: int) -> None:
+    stages(tmp, batches, execs)
+    for i in range(REPLAY):
+        outbox = Outbox(tmp / f"replay-{i}.db")
+        pipe = Pipeline(outbox, node="bench", metrics=ProcmonMetrics(CollectorRegistry()))
+        t0 = time.thread_time()
+        for raws in batches:
+            pipe.feed_many([decode(r) for r in raws])
+        cpu = time.thread_time() - t0
+        pipe.close()
+        outbox.close()
+        print(f"replay {i}: {cpu / max(1, execs) * 1e6:.1f} us per exec+exit")
 
 
 def main() -> int:
@@ -40,29 +108,48 @@ def main() -> int:
         gen = build_forkexec(tmp)
         outbox = Outbox(tmp / "outbox.db")
         with Tracer(TracerConfig(bpf_object=BPF_OBJ)) as tracer:
-            pipe = Pipeline(outbox, node="bench")
+            pipe = Pipeline(outbox, node="bench", metrics=ProcmonMetrics(CollectorRegistry()))
+            batches: list[list[bytes]] = []
+            on_record = tracer._on_record
+
+            def keep(raw: bytes) -> None:
+                batches[-1].append(raw)
+                on_record(raw)
+
+            tracer._on_record = keep  # type: ignore[method-assign]
+            tracer._rb._on_record = keep  # type: ignore[union-attr]
             cmd = in_container([str(gen), str(SECONDS), str(RATE), "1", "/bin/true"])
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-            prof = cProfile.Profile(time.thread_time)  # CPU, not wall (fsync waits)
+            prof = cProfile.Profile()
+            if os.environ.get("BENCH_PM_PROF_GC") == "freeze":
+                gc.collect()
+                gc.freeze()
+            gc_before = sum(st["collections"] for st in gc.get_stats())
             t0 = time.thread_time()
             r0 = resource.getrusage(resource.RUSAGE_THREAD)
             if not OFF:
                 prof.enable()
             while proc.poll() is None:
+                batches.append([])
                 pipe.feed_many(tracer.read_events())
+            batches.append([])
             pipe.feed_many(tracer.read_events(200))
             if not OFF:
                 prof.disable()
             cpu = time.thread_time() - t0
+            gc_after = sum(st["collections"] for st in gc.get_stats())
             r1 = resource.getrusage(resource.RUSAGE_THREAD)
             execs = int((proc.stdout.read() if proc.stdout else "0").split()[0])
             pipe.close()
         n = outbox.stats().events
         outbox.close()
+        replay(tmp, [b for b in batches if b], execs)
+    print(f"gc collections during the run: {gc_after - gc_before} (gen counts {gc.get_count()})")
     print(f"execs {execs}, runs in outbox {n}, tracer-thread CPU {cpu:.3f} s")
     user, sys_ = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
-    print(f"user {user / max(1, execs) * 1e6:.1f} us, sys {sys_ / max(1, execs) * 1e6:.1f} us per exec")
-    print(f"per exec+exit: {cpu / max(1, execs) * 1e6:.1f} us ({'no profiler' if OFF else 'profiled'})")
+    per = 1e6 / max(1, execs)
+    print(f"user {user * per:.1f} us, sys {sys_ * per:.1f} us per exec")
+    print(f"per exec+exit: {cpu * per:.1f} us ({'no profiler' if OFF else 'profiled'})")
     if not OFF:
         pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(TOP)
     return 0
