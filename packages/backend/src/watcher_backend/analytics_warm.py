@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 
 from prometheus_client import CollectorRegistry, Counter
 from sqlalchemy import Connection, Engine, func, select
@@ -58,6 +59,31 @@ def changed_since(conn: Connection, mark: Mark | None) -> list[tuple[int, int]]:
     return [(int(cls), int(asg)) for cls, asg in conn.execute(stmt).all()]
 
 
+_registered: weakref.WeakKeyDictionary[CollectorRegistry, tuple[Counter, Counter]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _metrics(registry: CollectorRegistry) -> tuple[Counter, Counter]:
+    """The warmer's counters in ``registry``, created once (an app's lifespan can run
+    again, e.g. in tests, with the same registry)."""
+    if registry not in _registered:
+        _registered[registry] = (
+            Counter(
+                "watcher_analytics_warm_runs_total",
+                "Background analytics cache warm-ups by result (done, interrupted)",
+                ["result"],
+                registry=registry,
+            ),
+            Counter(
+                "watcher_analytics_warm_students_total",
+                "Students whose analytics cache row a warm-up brought up to date",
+                registry=registry,
+            ),
+        )
+    return _registered[registry]
+
+
 class AnalyticsWarmer:
     def __init__(
         self,
@@ -77,20 +103,7 @@ class AnalyticsWarmer:
         self.runs = 0  # warm-ups started
         self.completed = 0  # warm-ups that went through every changed assignment
         self.students = 0  # students brought up to date
-        self._runs_metric: Counter | None = None
-        self._students_metric: Counter | None = None
-        if registry is not None:
-            self._runs_metric = Counter(
-                "watcher_analytics_warm_runs_total",
-                "Background analytics cache warm-ups by result (done, interrupted)",
-                ["result"],
-                registry=registry,
-            )
-            self._students_metric = Counter(
-                "watcher_analytics_warm_students_total",
-                "Students whose analytics cache row a warm-up brought up to date",
-                registry=registry,
-            )
+        self._metrics = _metrics(registry) if registry is not None else None
 
     def start(self) -> None:
         if self._thread is not None or self.idle_s <= 0:
@@ -164,9 +177,9 @@ class AnalyticsWarmer:
         self.students += students
         if done:
             self.completed += 1
-        if self._runs_metric is not None and self._students_metric is not None:
-            self._runs_metric.labels("done" if done else "interrupted").inc()
-            self._students_metric.inc(students)
+        if self._metrics is not None:
+            self._metrics[0].labels("done" if done else "interrupted").inc()
+            self._metrics[1].inc(students)
         wall = time.perf_counter() - t0
         # INFO for the warm-ups that matter (a big ingest folded in); the small ones
         # between a live class's bursts only at DEBUG
