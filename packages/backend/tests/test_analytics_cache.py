@@ -356,3 +356,11 @@ def test_shutdown_while_warming_is_clean(settings: Settings) -> None:
         assert len(whole_cache(engine)) == 1
         assert served(c) == reference(engine)
         assert len(whole_cache(engine)) == 1 + 5
+
+
+def test_warm_idle_setting() -> None:
+    assert Settings.from_env({}).analytics_warm_idle_s == 2.0
+    assert Settings.from_env({"WATCHER_ANALYTICS_WARM_IDLE_S": "0"}).analytics_warm_idle_s == 0
+    assert Settings.from_env({"WATCHER_ANALYTICS_WARM_IDLE_S": "0.5"}).analytics_warm_idle_s == 0.5
+    with pytest.raises(ValueError, match="analytics_warm_idle_s"):
+        Settings.from_env({"WATCHER_ANALYTICS_WARM_IDLE_S": "-1"})
