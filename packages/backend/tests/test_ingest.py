@@ -332,3 +332,23 @@ def test_body_size_limit(db_url: str, agent_headers: dict[str, str]) -> None:
         blob = b"y" * 2500
         sha = hashlib.sha256(blob).hexdigest()
         assert c.put(f"/api/v1/blobs/{sha}", content=blob, headers=agent_headers).status_code == 413
+
+
+def test_inline_content_fast_path_codecs(client: TestClient, agent_headers: dict[str, str]) -> None:
+    """The batch prepare's inlined path (msgspec events) stores what pack_blob would: zstd
+    when it helps, raw for short or incompressible content, bytes unchanged."""
+    import json as _json
+
+    from watcher_backend.blobs import load_blob
+    from watcher_backend.ingest import parse_batch
+    from watcher_backend.wire_fast import FastFileSnapshot
+
+    contents = [b"int main(void) { return 0; }\n" * 40, b"tiny", os.urandom(300)]
+    evs = [snapshot(f"p{i}.c", c) for i, c in enumerate(contents)]
+    parsed = parse_batch(_json.dumps({"events": evs}).encode(), 100)
+    assert all(type(p.event) is FastFileSnapshot for p in parsed.valid)
+    assert [p.blob.codec if p.blob else None for p in parsed.valid] == ["zstd", "raw", "raw"]
+    assert statuses(post(client, agent_headers, evs)) == ["stored"] * 3
+    with engine_of(client).connect() as conn:
+        for c in contents:
+            assert load_blob(conn, hashlib.sha256(c).hexdigest()) == c

@@ -31,7 +31,8 @@ class BlobHashMismatch(ValueError):
     """The bytes do not hash to the sha256 they were sent under."""
 
 
-@dataclass(frozen=True, slots=True)
+# not frozen: a frozen dataclass's __init__ costs ~0.85 µs more (one per ingested event)
+@dataclass(slots=True)
 class PreparedBlob:
     sha256: str
     size: int
@@ -39,7 +40,7 @@ class PreparedBlob:
     data: bytes
 
 
-def _compressor() -> zstandard.ZstdCompressor:
+def compressor() -> zstandard.ZstdCompressor:
     # ZstdCompressor objects are not thread-safe: one per thread.
     comp: zstandard.ZstdCompressor | None = getattr(_local, "comp", None)
     if comp is None:
@@ -68,7 +69,7 @@ def prepare_blob(sha256: str, data: bytes) -> PreparedBlob:
 def pack_blob(sha256: str, data: bytes) -> PreparedBlob:
     """Compress ``data`` already verified to hash to ``sha256`` (raw when that does not help)."""
     if len(data) >= MIN_COMPRESS:
-        packed = _compressor().compress(data)
+        packed = compressor().compress(data)
         if len(packed) < len(data):
             return PreparedBlob(sha256, len(data), "zstd", packed)
     return PreparedBlob(sha256, len(data), "raw", bytes(data))

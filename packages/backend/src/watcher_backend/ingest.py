@@ -27,7 +27,7 @@ from .blobs import BlobHashMismatch, PreparedBlob, blob_exists, insert_blob, pre
 from .config import Settings
 from .limits import read_body
 from .ops import Metrics
-from .store import AnyEvent, Outcome, Prepared, prepare_event
+from .store import AnyEvent, Outcome, Prepared, prepare_event, prepare_events
 from .wire_fast import decode_batch
 from .writer import GroupCommitWriter
 
@@ -90,7 +90,7 @@ def parse_batch(body: bytes, max_events: int) -> ParsedBatch:
         if len(events) > max_events:
             raise _too_many(len(events), max_events)
         batch = ParsedBatch(results=[None] * len(events))
-        batch.valid = [prepare_event(ev) for ev in events]
+        batch.valid = prepare_events(events)
         batch.positions = list(range(len(events)))
         return batch
     try:

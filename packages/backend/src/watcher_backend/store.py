@@ -31,6 +31,7 @@ is still ``db.models``.
 from __future__ import annotations
 
 import binascii
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -57,7 +58,7 @@ from watcher_common.wire import (
     ResultStatus,
 )
 
-from .blobs import PreparedBlob, pack_blob, sha256_hex
+from .blobs import MIN_COMPRESS, PreparedBlob, compressor, pack_blob, sha256_hex
 from .db.rawsql import RawSql, raw_for
 from .wire_fast import FastEvent, FastFileDelete, FastFileRename, FastFileSnapshot
 
@@ -239,6 +240,36 @@ def prepare_event(ev: AnyEvent) -> Prepared:
             diagnostics_json=json.dumps([d.model_dump(mode="json") for d in ev.diagnostics]),
         )
     return Prepared(ev)
+
+
+def prepare_events(events: Sequence[AnyEvent]) -> list[Prepared]:
+    """``prepare_event`` for a request's events, with the common case inlined.
+
+    A msgspec-decoded snapshot whose inline content is exactly right (the ~all case) is
+    hashed and compressed here with the thread's compressor fetched once; anything else
+    (no content, a wrong size or hash, pydantic events) goes through ``prepare_event``.
+    Saves ~2 µs of request-thread CPU per event (calls, lookups, a frozen dataclass).
+    """
+    comp = compressor()
+    sha256 = hashlib.sha256
+    out: list[Prepared] = []
+    append = out.append
+    for ev in events:
+        if type(ev) is FastFileSnapshot:
+            data = ev.content
+            sha = ev.sha256
+            if data is not None and sha is not None:
+                n = len(data)
+                if n == ev.size and sha256(data).hexdigest() == sha:
+                    if n >= MIN_COMPRESS:
+                        packed = comp.compress(data)
+                        if len(packed) < n:
+                            append(Prepared(ev, PreparedBlob(sha, n, "zstd", packed)))
+                            continue
+                    append(Prepared(ev, PreparedBlob(sha, n, "raw", bytes(data))))
+                    continue
+        append(prepare_event(ev))
+    return out
 
 
 def _prepare_content(ev: SnapshotEvent, data: bytes) -> Prepared:
