@@ -364,3 +364,56 @@ def test_warm_idle_setting() -> None:
     assert Settings.from_env({"WATCHER_ANALYTICS_WARM_IDLE_S": "0.5"}).analytics_warm_idle_s == 0.5
     with pytest.raises(ValueError, match="analytics_warm_idle_s"):
         Settings.from_env({"WATCHER_ANALYTICS_WARM_IDLE_S": "-1"})
+
+
+class _Gated(analytics_warm.AnalyticsWarmer):
+    """Holds still after its first student until ``go`` is set."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.in_warm, self.go = threading.Event(), threading.Event()
+
+    def _after_student(self) -> None:
+        self.in_warm.set()
+        self.go.wait(10)
+
+
+def test_a_request_during_a_warm_up_waits_and_reads_its_result(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    updates: Counter[int] = Counter()  # students computed, per assignment
+    real_update = cache._update
+
+    def counted(conn: Any, asg: int, *args: Any) -> Any:
+        updates[asg] += 1
+        return real_update(conn, asg, *args)
+
+    monkeypatch.setattr(cache, "_update", counted)
+    with warm_app(settings, 0) as (c, engine, post, _):
+        c.get("/api/v1/classes/os-1/assignments/hw0/summary").raise_for_status()  # hw0: warm
+        post(events(EventFactory("os-1", prefix="g"), random.Random(12), 0, 30))
+        with engine.connect() as conn:
+            cls, asg = lookup.class_assignment(conn, "os-1", "hw1") or (0, 0)
+        warmer = _Gated(engine, 0.1, poll_s=0.02)
+        warmer.start()
+        try:
+            assert warmer.in_warm.wait(10)  # in hw1, one student done, the lock held
+            got: list[dict[int, cache.State]] = []
+
+            def request() -> None:
+                with engine.connect() as conn:
+                    got.append(cache.refresh(conn, cls, asg))
+
+            t = threading.Thread(target=request)
+            t.start()
+            t.join(0.5)
+            assert t.is_alive() and not got  # waiting for the warm-up
+            warmer.go.set()
+            t.join(10)
+            assert len(got) == 1 and len(got[0]) == 5
+        finally:
+            warmer.go.set()
+            warmer.stop()
+        assert warmer.completed == 1 and updates[asg] == 5  # each student computed once
+        assert served(c) == reference(engine)
+        assert updates[asg] == 5
