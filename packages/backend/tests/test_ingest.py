@@ -337,18 +337,36 @@ def test_body_size_limit(db_url: str, agent_headers: dict[str, str]) -> None:
 def test_inline_content_fast_path_codecs(client: TestClient, agent_headers: dict[str, str]) -> None:
     """The batch prepare's inlined path (msgspec events) stores what pack_blob would: zstd
     when it helps, raw for short or incompressible content, bytes unchanged."""
-    import json as _json
-
     from watcher_backend.blobs import load_blob
     from watcher_backend.ingest import parse_batch
     from watcher_backend.wire_fast import FastFileSnapshot
 
     contents = [b"int main(void) { return 0; }\n" * 40, b"tiny", os.urandom(300)]
     evs = [snapshot(f"p{i}.c", c) for i, c in enumerate(contents)]
-    parsed = parse_batch(_json.dumps({"events": evs}).encode(), 100)
+    parsed = parse_batch(json.dumps({"events": evs}).encode(), 100)
     assert all(type(p.event) is FastFileSnapshot for p in parsed.valid)
     assert [p.blob.codec if p.blob else None for p in parsed.valid] == ["zstd", "raw", "raw"]
     assert statuses(post(client, agent_headers, evs)) == ["stored"] * 3
     with engine_of(client).connect() as conn:
         for c in contents:
             assert load_blob(conn, hashlib.sha256(c).hexdigest()) == c
+
+
+def test_lone_surrogate_in_a_rejected_id_is_answered(
+    client: TestClient, agent_headers: dict[str, str]
+) -> None:
+    # JSON may escape a lone surrogate; it cannot be encoded as UTF-8, so the answer
+    # escapes it again (this was a 500) and the valid event next to it is still stored
+    good = snapshot("ok.c", b"ok")
+    body = (
+        '{"events": [{"kind": "file.nope", "event_id": "bad\\ud800id"}, ' + json.dumps(good) + "]}"
+    )
+    r = client.post(
+        "/api/v1/events",
+        content=body.encode(),
+        headers={**agent_headers, "content-type": "application/json"},
+    )
+    assert r.status_code == 200, r.text
+    res = json.loads(r.content)["results"]
+    assert [x["status"] for x in res] == ["rejected", "stored"]
+    assert res[0]["event_id"] == "bad\ud800id"
