@@ -93,6 +93,16 @@ class _DiskFull(OutboxFull):
     """SQLITE_FULL (not the byte budget): a checkpoint may free room."""
 
 
+class _Requeued(Exception):
+    """A bulk insert met an event_id already queued (rolled back, redone row by row)."""
+
+
+_INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (event_id, kind, body, size, created_us, blob_sha)"
+    " VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
 class OutboxLocked(OutboxError):
     """Another process holds this outbox file."""
 
@@ -449,14 +459,32 @@ class Outbox:
             callback()
 
     def _put_locked(self, prepared: list[_Prepared]) -> None:
+        if len(prepared) > 1 and all(p.blob is None for p in prepared):
+            try:
+                self._put_rows(prepared, bulk=True)
+                return
+            except _Requeued:
+                pass  # rolled back: counted row by row below
+        self._put_rows(prepared, bulk=False)
+
+    def _put_rows(self, prepared: list[_Prepared], *, bulk: bool) -> None:
         now = _now_us()
         with self._tx() as db:
             added_events = 0
             added_bytes = 0
-            for p in prepared:
+            if bulk:
+                # one statement for the whole batch (no blobs): a few us less per event
+                cur = db.executemany(
+                    _INSERT_EVENT,
+                    [(p.event_id, p.kind, p.body, len(p.body), now, None) for p in prepared],
+                )
+                if cur.rowcount != len(prepared):
+                    raise _Requeued  # an event_id already queued: which one is counted below
+                added_events = len(prepared)
+                added_bytes = sum(len(p.body) for p in prepared)
+            for p in () if bulk else prepared:
                 cur = db.execute(
-                    "INSERT OR IGNORE INTO events (event_id, kind, body, size, created_us,"
-                    " blob_sha) VALUES (?, ?, ?, ?, ?, ?)",
+                    _INSERT_EVENT,
                     (p.event_id, p.kind, p.body, len(p.body), now, p.blob[0] if p.blob else None),
                 )
                 if cur.rowcount == 0:
