@@ -29,6 +29,7 @@ from watcher_common.agent_http import AgentHttpServer, Health
 from watcher_common.agent_runtime import AgentRuntime
 from watcher_common.identity import IdentityConfig
 from watcher_common.logs import setup_logging
+from watcher_common.sender import preload_transport
 from watcher_common.wire import Event, dump_event
 from watcher_procmon.agent import Pipeline, agent_version
 from watcher_procmon.metrics import KernelCollector, ProcmonMetrics
@@ -153,6 +154,7 @@ class TracerLoop:
 
 
 async def run(cfg: ProcmonConfig, tracer: Tracer) -> int:
+    preload_transport()  # the first send's lazy imports, paid before "ready"
     rt = AgentRuntime.open("watcher-procmon", cfg.agent, cfg.outbox_path, agent_version(), REGISTRY)
     outbox, health, sender = rt.outbox, rt.health, rt.sender
     metrics = ProcmonMetrics(REGISTRY)
