@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from agentlib import BPF_OBJ
 from procmonlib import build_forkexec, in_container, require_root
@@ -117,6 +118,15 @@ def main() -> int:
                 on_record(raw)
 
             tracer._on_record = keep  # type: ignore[method-assign]
+            store_cpu = [0.0]
+            store = pipe._store
+
+            def timed_store(items: list[Any]) -> None:
+                t = time.thread_time()
+                store(items)
+                store_cpu[0] += time.thread_time() - t
+
+            pipe._store = timed_store  # type: ignore[method-assign]
             tracer._rb._on_record = keep  # type: ignore[union-attr]
             cmd = in_container([str(gen), str(SECONDS), str(RATE), "1", "/bin/true"])
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
@@ -149,6 +159,7 @@ def main() -> int:
     user, sys_ = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
     per = 1e6 / max(1, execs)
     print(f"user {user * per:.1f} us, sys {sys_ * per:.1f} us per exec")
+    print(f"of which storing (outbox put_many + callbacks): {store_cpu[0] * per:.1f} us")
     print(f"per exec+exit: {cpu * per:.1f} us ({'no profiler' if OFF else 'profiled'})")
     if not OFF:
         pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(TOP)

@@ -39,7 +39,9 @@ class BootClock:
         return _EPOCH + timedelta(microseconds=(boot_ns + self.offset_ns()) // 1000)
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen (never mutated, though): a frozen __init__ sets each field through
+# object.__setattr__, ~4 us more per record at hundreds of records a second.
+@dataclass(slots=True)
 class ProcessRecord:
     """One exec'd program from its exec to its exit, or to the next exec in the same pid."""
 
