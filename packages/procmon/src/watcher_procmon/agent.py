@@ -72,6 +72,10 @@ class _Put:
     content: bytes | None
     done: Callable[[], None] | None  # after it is stored
     failed: Callable[[], None] | None  # when the sink refused it (OutboxFull)
+    # a run: its process_events child and end (for end_to_outbox), counted once stored
+    # (fields, not a closure per run: this is the per-exec path)
+    run_counter: _Inc | None = None
+    end_ns: int | None = None
 
 
 class HealthLike(Protocol):
@@ -175,10 +179,12 @@ class Pipeline:
     def feed_many(self, events: Iterable[KernelEvent]) -> None:
         """Feed a ring buffer read; the events it produces go to the sink in one write."""
         self._batch = []
+        self.namespaces.begin_batch()
         try:
             for ev in events:
                 self.feed(ev)
         finally:
+            self.namespaces.end_batch()
             batch, self._batch = self._batch, None
             self._store(batch)
         self.namespaces.sweep()
@@ -350,15 +356,11 @@ class Pipeline:
         if build is not None and isinstance(run, ProcessRun):
             self.metrics.diagnostics.inc(len(run.diagnostics))
         counter = self._process_events(process_name(p.cls, ev.exe))
-        end_ns = rec.end_ns
-
-        def stored() -> None:
-            self.runs += 1
-            counter.inc()
-            if end_ns is not None:
-                self.metrics.end_to_outbox.observe(_since(end_ns))
-
-        self._put(run, None, stored)
+        item = _Put(run, None, None, None, counter, rec.end_ns)  # counted in _stored
+        if self._batch is not None:
+            self._batch.append(item)
+        else:
+            self._store([item])
 
     def _process_events(self, name: str) -> _Inc:
         child = self._by_name.get(name)
@@ -427,6 +429,13 @@ class Pipeline:
     def _stored(self, items: list[_Put]) -> None:
         if self.health is not None:
             self.health.clear("outbox_full")
+        observe = self.metrics.end_to_outbox.observe
+        now = _boot_ns()
         for item in items:
             if item.done is not None:
                 item.done()
+            if item.run_counter is not None:
+                self.runs += 1
+                item.run_counter.inc()
+                if item.end_ns is not None:
+                    observe(max(0, now - item.end_ns) / 1e9)

@@ -156,7 +156,17 @@ class Namespaces:
         self._peers: OrderedDict[int, OrderedDict[int, int]] = OrderedDict()
         self._ns_of: dict[int, int] = {}  # tgid -> mntns, to forget it at its exit
         self.mountinfo_reads = 0
+        self._batch = False
+        self._polled: set[int] = set()  # namespaces whose anchor was polled in this batch
         self._next_sweep = time.monotonic() + SWEEP_S
+
+    def begin_batch(self) -> None:
+        """Until end_batch(): each namespace's anchor is polled at most once."""
+        self._batch = True
+
+    def end_batch(self) -> None:
+        self._batch = False
+        self._polled.clear()
 
     # ---- live processes -------------------------------------------------------------
 
@@ -212,7 +222,11 @@ class Namespaces:
             return None
         hit = self._cache.get(ev.mntns)
         if hit is not None:
-            if hit.alive():
+            # within one ring buffer read the anchor is polled once per namespace (a
+            # syscall per exec otherwise; the read's records all predate it anyway)
+            if ev.mntns in self._polled or hit.alive():
+                if self._batch:
+                    self._polled.add(ev.mntns)
                 self._cache.move_to_end(ev.mntns)
                 if hit.workspace is None and hit.stale:
                     # a found workspace is kept (the first mount wins); a miss is re-read
