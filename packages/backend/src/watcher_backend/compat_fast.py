@@ -39,7 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from watcher_common.wire import Event, FileSnapshot
+from watcher_common.wire import Event
 
 from . import compat_write as cw
 from .auth import TokenTable
@@ -252,29 +252,15 @@ async def _snapshot_event(
         raise _Delegate
     filename, stamp = params["filename"], params["stamp"]
     ts = cw.snapshot_time(stamp)
-    if "@" not in filename or engine.dialect.name == "sqlite":
-        # No query for a name without '@'; SQLite: see post_snapshot.
-        path = cw.resolve_compat_filename(engine, class_div, hw_name, student_id, filename)
-    else:
-        path = await run_in_threadpool(
-            cw.resolve_compat_filename, engine, class_div, hw_name, student_id, filename
-        )
+    path = await cw.compat_path(engine, class_div, hw_name, student_id, filename)
     if path is None:
         raise _Delegate
-    return FileSnapshot(
-        event_id=cw.compat_event_id_of(
-            "snapshot", [class_div, hw_name, student_id, filename, stamp], {"bytes": size}
-        ),
-        agent=cw.AGENT,
-        agent_version=cw.AGENT_VERSION,
+    return cw.snapshot_event(
+        [class_div, hw_name, student_id, filename, stamp],
+        {"bytes": size},
         ts=ts,
-        class_div=class_div,
-        student_id=student_id,
-        assignment=hw_name,
         path=path,
-        sha256=None,
         size=size,
-        source="compat",
     )
 
 
