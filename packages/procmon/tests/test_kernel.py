@@ -67,6 +67,12 @@ JOBS: list[dict[str, Any]] = [
     {"name": "python_raise", "argv": [sys.executable, "-c", "raise ValueError('boom')"]},
 ]
 
+# execve() filenames of these lengths ("/bin//...//true"): the BPF program copies one whose NUL
+# falls in its first 40 bytes (five words) itself, longer ones with a helper; the edges of
+# that and of the words in between.
+FILENAME_LENS = (15, 16, 23, 24, 39, 40, 41)
+JOBS += [{"name": f"filename{n}", "argv": ["/bin" + "/" * (n - 8) + "true"]} for n in FILENAME_LENS]
+
 TIME_SLACK_S = 0.05  # BPF stamps vs. the harness's time.time() around fork / wait
 
 
@@ -290,6 +296,13 @@ def test_cwd_and_exe_as_seen_in_container(traced: Traced) -> None:
     assert traced.final("true").exec.cwd == PROJECT
     gcc = traced.final("gcc_ok").exec
     assert gcc.cwd == f"{PROJECT}/hw1" and gcc.exe.startswith("/usr/bin/") and "gcc" in gcc.exe
+
+
+@pytest.mark.parametrize("n", FILENAME_LENS)
+def test_filename_exact_at_word_edges(traced: Traced, n: int) -> None:
+    ev = traced.final(f"filename{n}").exec
+    assert ev.filename == "/bin" + "/" * (n - 8) + "true"
+    assert len(ev.filename) == n
 
 
 def test_exec_chain_is_two_records_for_one_pid(traced: Traced) -> None:
