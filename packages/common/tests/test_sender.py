@@ -439,3 +439,30 @@ async def test_outbox_write_error_after_send_does_not_crash(
     assert not task.done()
     assert all(n == 1 for n in server.stored_count.values()) and len(server.store) == 5
     assert len(server.requests) == 2  # re-sent once after the failed ack; answered duplicate
+
+
+# ---- prepare(): the HTTP client is built before the agent reports ready -----------------
+
+
+async def test_prepare_builds_the_client_that_run_forever_then_uses(
+    outbox: Outbox, server: FakeIngest, running: Any
+) -> None:
+    import httpx
+
+    made: list[httpx.AsyncClient] = []
+
+    def factory(**kw: Any) -> httpx.AsyncClient:
+        made.append(httpx.AsyncClient(**kw))
+        return made[-1]
+
+    sender = make_sender(outbox, server, client_factory=factory)
+    sender.prepare()
+    sender.prepare()  # idempotent: still one client
+    assert len(made) == 1
+    running(sender)
+    e = delete_event(1)
+    outbox.put(e)
+    await until(lambda: server.received_ids() == [e.event_id])
+    assert len(made) == 1  # the prepared client sent it; none built after "ready"
+    await sender.stop(0.5)
+    assert made[0].is_closed

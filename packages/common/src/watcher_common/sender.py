@@ -140,6 +140,7 @@ class Sender:
         self._stop_event: asyncio.Event | None = None
         self._done: asyncio.Event | None = None
         self._task: asyncio.Task[Any] | None = None
+        self._prepared: httpx.AsyncClient | None = None
         self._stopping = False
         self._deadline = 0.0
         self._cancelled_by_stop = False
@@ -183,13 +184,21 @@ class Sender:
             timeout=httpx.Timeout(self.request_timeout_s),
         )
 
+    def prepare(self) -> None:
+        """Build run_forever's HTTP client now: its TLS context (the CA bundle) costs ~50 ms
+        of CPU even for http://, which an agent should pay before it reports ready, not
+        during the first student work it traces."""
+        if self._prepared is None:
+            self._prepared = self._client()
+
     async def run_forever(self) -> None:
         """Send until ``stop()``; returns normally after a stop (even a forced one)."""
         self._attach()
         self._task = asyncio.current_task()
         assert self._wake is not None and self._done is not None
+        prepared, self._prepared = self._prepared, None
         try:
-            async with self._client() as client:
+            async with prepared if prepared is not None else self._client() as client:
                 while True:
                     self._listening = True  # from here on we may end up waiting: wake us
                     self._wake.clear()  # before reading, so a put after this wakes us
