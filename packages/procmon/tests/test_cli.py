@@ -54,3 +54,29 @@ def test_without_capabilities_exits_nonzero_with_a_hint(bpf_object: Path) -> Non
     )
     assert proc.returncode == cli.EXIT_CANNOT_RUN
     assert "insufficient privileges" in proc.stderr and "CAP_BPF" in proc.stderr
+
+
+def test_nice_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli.ProcmonConfig.from_env().nice == cli.DEFAULT_NICE
+    monkeypatch.setenv("WATCHER_PROCMON_NICE", "0")
+    assert cli.ProcmonConfig.from_env().nice == 0
+    for bad in ("-5", "20", "high"):
+        monkeypatch.setenv("WATCHER_PROCMON_NICE", bad)
+        with pytest.raises(cli.ConfigError, match="WATCHER_PROCMON_NICE"):
+            cli.ProcmonConfig.from_env()
+
+
+def test_lower_priority_reaches_threads_started_after_it() -> None:
+    # a fresh process: niceness cannot be lowered back without privileges
+    probe = (
+        "import os, threading\n"
+        "from watcher_procmon.main import lower_priority\n"
+        "first = lower_priority(10)\n"
+        "again = lower_priority(5)\n"  # never lowers it
+        "seen = []\n"
+        "t = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, 0)))\n"
+        "t.start(); t.join()\n"
+        "print(first, again, seen[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["10", "10", "10"]
