@@ -147,14 +147,17 @@ def body(result: Result) -> None:
         with_agent: list[tuple[float, float]] = []
         without: list[tuple[float, float]] = []
         traced_builds = 0.0
+        agent_cpu: list[float] = []  # the agent's utime+stime per traced build (+0.5 s drain)
         for r in range(ROUNDS):
             order = (True, False) if r % 2 == 0 else (False, True)
             for traced in order:
                 if traced:
                     with procmon(tmp / f"round{r}") as pm:
                         pm.wait_log("procmon ready")
+                        cpu0 = pm.cpu_ticks()
                         with_agent.append(build(proj))
                         time.sleep(0.5)
+                        agent_cpu.append((pm.cpu_ticks() - cpu0) / CLK_TCK)
                         traced_builds += runs_total(pm.metrics())
                 else:
                     without.append(build(proj))
@@ -180,6 +183,7 @@ def body(result: Result) -> None:
     wo_med = median([w for w, _ in without])
     c_med = median([c for _, c in with_agent])
     co_med = median([c for _, c in without])
+    a_med = median(agent_cpu)
     slow = None if w_med is None or wo_med is None else (w_med / wo_med - 1) * 100
     slow_cpu = None if c_med is None or co_med is None else (c_med / co_med - 1) * 100
     spread = (
@@ -206,6 +210,8 @@ def body(result: Result) -> None:
         Metric("build slowdown (wall, medians)", rnd(slow, 2), "%", "<= 1",
                target_check(slow, "<=", 1)),
         Metric("build slowdown (CPU time of the build, medians)", rnd(slow_cpu, 2), "%"),
+        Metric("agent CPU per traced build (utime+stime, median)",
+               rnd(None if a_med is None else a_med * 1000, 0), "ms"),
     ]  # fmt: skip
     result.notes += [
         f"bpf_stats: {per['student'][0]} student execs of /bin/true at 400/s (container) and"
@@ -222,7 +228,8 @@ def body(result: Result) -> None:
         f" {[round(w, 2) for w, _ in without]}, with {[round(w, 2) for w, _ in with_agent]};"
         f" run-to-run spread without the agent ±{spread:.1f}% (so a ≤ 1% effect is within"
         f" the noise on this shared machine); runs the agent recorded per traced build"
-        f" ≈{traced_builds / max(1, ROUNDS):.0f}; other procmon programs loaded on the machine"
+        f" ≈{traced_builds / max(1, ROUNDS):.0f}; agent CPU per traced build"
+        f" {[round(c * 1000) for c in agent_cpu]} ms; other procmon programs loaded on the machine"
         f" meanwhile (e.g. other tests): {others}",
     ]
 
