@@ -124,6 +124,29 @@ C
 
 # ---- services --------------------------------------------------------------------------
 
+# spawn SVC PORT CMD...: start CMD in its own process group (setsid: pgid = pid, so `make
+# stop` ends it and anything it spawned by that one id), record its pid and port, wait for
+# its /health. 0: up (pid in SPAWNED_PID); 1: no answer in time (stopped again); 2: it
+# exited. On 1 and 2 the log's last lines are shown and the pid files removed.
+spawn() {
+  local svc="$1" port="$2" pid
+  shift 2
+  setsid "$@" </dev/null >>"$LOG_DIR/$svc.log" 2>&1 &
+  pid=$!
+  SPAWNED_PID="$pid"
+  echo "$pid" >"$PID_DIR/$svc.pid"
+  echo "$port" >"$PID_DIR/$svc.port"
+  wait_healthy "$pid" "$port" "$HEALTH_TIMEOUT" && return 0
+  log "last lines of .run/logs/$svc.log:"
+  tail -n 30 "$LOG_DIR/$svc.log" | sed 's/^/[run]     /'
+  rm -f "$PID_DIR/$svc.pid" "$PID_DIR/$svc.port"
+  if pid_alive "$pid"; then
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    return 1
+  fi
+  return 2
+}
+
 # start_backend: the FastAPI backend on $PORT with SQLite in .run/data.
 start_backend() {
   local svc=backend pid
@@ -153,24 +176,15 @@ start_backend() {
   {
     printf '\n===== %s make run: starting backend on port %s =====\n' "$(date -u +%FT%TZ)" "$PORT"
   } >>"$LOG_DIR/$svc.log"
-  # setsid: the backend gets its own process group (pgid = pid), so `make stop` can end it
-  # and anything it spawned by that one id.
-  PORT="$PORT" DB_URL="sqlite:///$DATA_DIR/watcher.db" LOG_LEVEL="${LOG_LEVEL:-INFO}" \
-    setsid "$exe" </dev/null >>"$LOG_DIR/$svc.log" 2>&1 &
-  pid=$!
-  echo "$pid" >"$PID_DIR/$svc.pid"
-  echo "$PORT" >"$PID_DIR/$svc.port"
-
-  if ! wait_healthy "$pid" "$PORT" "$HEALTH_TIMEOUT"; then
-    log "last lines of .run/logs/$svc.log:"
-    tail -n 30 "$LOG_DIR/$svc.log" | sed 's/^/[run]     /'
-    rm -f "$PID_DIR/$svc.pid" "$PID_DIR/$svc.port"
-    if pid_alive "$pid"; then
-      kill -TERM -- "-$pid" 2>/dev/null || true
-      die "backend did not answer GET /health within ${HEALTH_TIMEOUT}s (stopped it again)"
-    fi
-    die "backend exited during startup (log above)"
-  fi
+  local rc=0
+  spawn "$svc" "$PORT" env PORT="$PORT" DB_URL="sqlite:///$DATA_DIR/watcher.db" \
+    LOG_LEVEL="${LOG_LEVEL:-INFO}" "$exe" || rc=$?
+  case "$rc" in
+    0) ;;
+    1) die "backend did not answer GET /health within ${HEALTH_TIMEOUT}s (stopped it again)" ;;
+    *) die "backend exited during startup (log above)" ;;
+  esac
+  pid="$SPAWNED_PID"
   log "backend is up (pid $pid)"
   BACKEND_PORT="$PORT"
 }
@@ -208,22 +222,14 @@ launch_agent() {
   shift 2
   printf '\n===== %s make run: starting %s (metrics port %s) =====\n' \
     "$(date -u +%FT%TZ)" "$svc" "$port" >>"$LOG_DIR/$svc.log"
-  setsid "$@" </dev/null >>"$LOG_DIR/$svc.log" 2>&1 &
-  pid=$!
-  echo "$pid" >"$PID_DIR/$svc.pid"
-  echo "$port" >"$PID_DIR/$svc.port"
-  if ! wait_healthy "$pid" "$port" "$HEALTH_TIMEOUT"; then
-    log "last lines of .run/logs/$svc.log:"
-    tail -n 30 "$LOG_DIR/$svc.log" | sed 's/^/[run]     /'
-    rm -f "$PID_DIR/$svc.pid" "$PID_DIR/$svc.port"
-    if pid_alive "$pid"; then
-      kill -TERM -- "-$pid" 2>/dev/null || true
-      log "WARNING: $svc did not answer GET /health within ${HEALTH_TIMEOUT}s (stopped it again)"
-    else
-      log "WARNING: $svc exited during startup (log above)"
-    fi
-    return 1
-  fi
+  local rc=0
+  spawn "$svc" "$port" "$@" || rc=$?
+  case "$rc" in
+    0) ;;
+    1) log "WARNING: $svc did not answer GET /health within ${HEALTH_TIMEOUT}s (stopped it again)"; return 1 ;;
+    *) log "WARNING: $svc exited during startup (log above)"; return 1 ;;
+  esac
+  pid="$SPAWNED_PID"
   log "$svc is up (pid $pid, metrics http://localhost:$port/metrics)"
   AGENT_PORT="$port"
 }
