@@ -82,6 +82,24 @@ def _sqlite_rebuild(table: str, create: sa.Table) -> None:
         op.execute(sql)
 
 
+def _events_table(md: sa.MetaData, *, with_rowid: bool) -> sa.Table:
+    return sa.Table(
+        "_events_new",
+        md,
+        sa.Column("event_id", sa.String(length=128), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("received_us", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("event_id"),
+        sqlite_with_rowid=with_rowid,
+    )
+
+
+def _parent_tables(md: sa.MetaData) -> None:
+    # parent tables must be in the MetaData for the foreign keys to compile
+    for name in ("assignments", "files", "students"):
+        sa.Table(name, md, sa.Column("id", sa.Integer(), primary_key=True))
+
+
 def upgrade() -> None:
     bind = op.get_bind()
     op.execute("DELETE FROM file_events WHERE op IN ('create', 'modify')")
@@ -92,21 +110,8 @@ def upgrade() -> None:
                 op.drop_constraint(uc["name"], "snapshots", type_="unique")
         return
     md = sa.MetaData()
-    _sqlite_rebuild(
-        "events",
-        sa.Table(
-            "_events_new",
-            md,
-            sa.Column("event_id", sa.String(length=128), nullable=False),
-            sa.Column("kind", sa.String(length=32), nullable=False),
-            sa.Column("received_us", sa.BigInteger(), nullable=False),
-            sa.PrimaryKeyConstraint("event_id"),
-            sqlite_with_rowid=False,
-        ),
-    )
-    # parent tables must be in the MetaData for the foreign keys to compile
-    for name in ("assignments", "files", "students"):
-        sa.Table(name, md, sa.Column("id", sa.Integer(), primary_key=True))
+    _sqlite_rebuild("events", _events_table(md, with_rowid=False))
+    _parent_tables(md)
     _sqlite_rebuild(
         "snapshots",
         sa.Table(
@@ -125,19 +130,8 @@ def downgrade() -> None:
         op.create_unique_constraint("snapshots_event_id_key", "snapshots", ["event_id"])
     else:
         md = sa.MetaData()
-        _sqlite_rebuild(
-            "events",
-            sa.Table(
-                "_events_new",
-                md,
-                sa.Column("event_id", sa.String(length=128), nullable=False),
-                sa.Column("kind", sa.String(length=32), nullable=False),
-                sa.Column("received_us", sa.BigInteger(), nullable=False),
-                sa.PrimaryKeyConstraint("event_id"),
-            ),
-        )
-        for name in ("assignments", "files", "students"):
-            sa.Table(name, md, sa.Column("id", sa.Integer(), primary_key=True))
+        _sqlite_rebuild("events", _events_table(md, with_rowid=True))
+        _parent_tables(md)
         _sqlite_rebuild(
             "snapshots",
             sa.Table(
