@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from agentlib import BPF_OBJ, STUDENT_HOST, Agent
-from benchlib import ROOT, free_port
+from benchlib import free_port
+
+from watcher_procmon.objpath import build_bpf_object
 
 HERE = Path(__file__).resolve().parent
 PROGS = ("handle_exec", "handle_exit", "handle_write", "handle_sys_enter")
@@ -24,7 +26,7 @@ def require_root() -> None:
         raise RuntimeError("procmon benchmarks load eBPF programs: run them as root")
     if not Path("/sys/kernel/btf/vmlinux").exists():
         raise RuntimeError("this kernel has no BTF (/sys/kernel/btf/vmlinux)")
-    subprocess.run(["make", "-s", "-C", str(ROOT / "packages" / "procmon"), "bpf"], check=True)
+    build_bpf_object()
 
 
 def build_forkexec(tmp: Path) -> Path:

@@ -8,18 +8,15 @@ services on purpose never disturb another test's assertions.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from watcher_procmon.objpath import build_bpf_object
+
 from .procs import System
 from .students import Student
-
-ROOT = Path(__file__).resolve().parents[2]
-PROCMON = ROOT / "packages" / "procmon"
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0,
@@ -29,13 +26,7 @@ needs_root = pytest.mark.skipif(
 
 @pytest.fixture(scope="session")
 def bpf_object() -> Path:
-    env = os.environ.get("WATCHER_PROCMON_BPF_OBJ")
-    if env:
-        return Path(env)
-    make = shutil.which("make")
-    assert make, "make is needed to build procmon.bpf.o (scripts/install-deps.sh)"
-    subprocess.run([make, "-s", "-C", str(PROCMON), "bpf"], check=True)
-    return PROCMON / "build" / "procmon.bpf.o"
+    return build_bpf_object()
 
 
 @pytest.fixture(scope="session")

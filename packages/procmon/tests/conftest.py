@@ -2,28 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parents[1]
+from watcher_procmon.objpath import build_bpf_object
+
 WORKLOADS = Path(__file__).resolve().parent / "workloads"
 
 
 @pytest.fixture(scope="session")
 def bpf_object() -> Path:
     """``make -C packages/procmon bpf`` (a no-op when up to date), or the env override."""
-    env = os.environ.get("WATCHER_PROCMON_BPF_OBJ")
-    if env:
-        return Path(env)
-    make = shutil.which("make")
-    assert make, "make is needed to build procmon.bpf.o (scripts/install-deps.sh)"
-    subprocess.run([make, "-s", "-C", str(PKG), "bpf"], check=True)
-    return PKG / "build" / "procmon.bpf.o"
+    return build_bpf_object()
 
 
 HOSTNAME = "jcode-os-1-202012345-abc12-xyz9"

@@ -4,6 +4,8 @@ copy the image build installs into the package."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 ENV_VAR = "WATCHER_PROCMON_BPF_OBJ"
@@ -32,3 +34,16 @@ def find_bpf_object() -> Path:
             return path
     tried = ", ".join(str(p) for p in candidates())
     raise FileNotFoundError(f"{OBJ_NAME} not found (tried {tried}); {BUILD_HINT}")
+
+
+def build_bpf_object() -> Path:
+    """For tests and benchmarks in a source checkout: the ``WATCHER_PROCMON_BPF_OBJ``
+    override, else ``make -C packages/procmon bpf`` (a no-op when up to date) and its output."""
+    if env := os.environ.get(ENV_VAR):
+        return Path(env)
+    make = shutil.which("make")
+    if make is None:
+        raise FileNotFoundError(f"make is needed to build {OBJ_NAME} (scripts/install-deps.sh)")
+    pkg = Path(__file__).resolve().parents[2]  # packages/procmon
+    subprocess.run([make, "-s", "-C", str(pkg), "bpf"], check=True)
+    return pkg / "build" / OBJ_NAME
