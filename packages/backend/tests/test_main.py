@@ -125,3 +125,13 @@ def test_settings_from_env(tmp_path: Path) -> None:
     assert d.port == 3000 and d.db_url == "sqlite:///./data/watcher.db" and not d.has_tokens
     with pytest.raises(ValueError, match="WATCHER_READER_TOKEN_FILE"):
         Settings.from_env({"WATCHER_READER_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_quiet_gc_freezes_the_startup_heap() -> None:
+    # in a fresh interpreter: freezing is process-wide and must not leak into this one
+    code = (
+        "import gc; from watcher_backend.main import GC_GEN0_THRESHOLD, quiet_gc; quiet_gc(); "
+        "print(gc.get_freeze_count() > 10_000, gc.get_threshold()[0] == GC_GEN0_THRESHOLD)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]

@@ -7,6 +7,7 @@ migrations) and ``API endpoints ready`` (once the socket accepts connections).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -23,10 +24,32 @@ from .config import Settings
 log = logging.getLogger("watcher_backend")
 
 
+# First-generation threshold once the server runs (CPython's default is 700).
+GC_GEN0_THRESHOLD = 20_000
+
+
+def quiet_gc() -> None:
+    """Keep the cyclic garbage collector off the start-up heap and out of ingest.
+
+    After start-up the heap holds ~130k long-lived container objects (FastAPI, pydantic,
+    SQLAlchemy, the migrations). Every full collection walked all of them, and a 500-event
+    batch allocates enough to trigger collections many times: 6-8 % of the backend's CPU
+    under batched ingest (perf; gc callbacks: 0.65 s of GC per 50k events, 0.14 s after).
+    ``gc.freeze`` moves the start-up heap out of the collector's view for good, and a
+    higher first threshold collects less often: request objects are freed by reference
+    counting anyway, and cycles are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
+
+
 class _Server(uvicorn.Server):
     async def startup(self, sockets: Any = None) -> None:
         await super().startup(sockets=sockets)
         if self.started:
+            quiet_gc()
             log.info("API endpoints ready")
 
 
