@@ -393,6 +393,59 @@ def test_run_details(
     assert client.get("/api/v1/runs/999999", headers=h).status_code == 404
 
 
+def test_run_sources_find_the_version_the_run_used(
+    client: TestClient, agent_headers: dict[str, str], reader_headers: dict[str, str]
+) -> None:
+    """The saved version a run's source hash points at: the latest at or before the run's
+    start, else the first after it; the run's assignment before the student's others."""
+    a, b, c = b"int a;\n", b"int b;\n", b"int c;\n"
+    sha = {x: hashlib.sha256(x).hexdigest() for x in (a, b, c)}
+    m = timedelta(minutes=1)
+    ingest(
+        client,
+        agent_headers,
+        [
+            snap("main.c", T0, a),
+            snap("main.c", T0 + m, b),
+            snap("main.c", T0 + 3 * m, a),
+            snap("other.c", T0 + m, c, hw="hw2"),
+            snap("late.c", T0 + m, b, hw="hw2"),
+        ],
+    )
+
+    def src(x: bytes) -> dict[str, Any]:
+        return {"path": "main.c", "sha256": sha[x], "size": len(x)}
+
+    ingest(
+        client,
+        agent_headers,
+        [
+            run("build", ["gcc", "main.c"], T0 + 2 * m, source_files=[src(a), src(b), src(c)]),
+            run("build", ["gcc", "main.c"], T0 - m, source_files=[src(a)]),
+        ],
+    )
+    h = reader_headers
+    hw1 = {(v["sha256"], v["ts"]): v["snapshot_id"] for v in _versions(client, h, "main.c")}
+    r = client.get(
+        f"/api/v1/classes/os-1/assignments/hw2/students/{S}/files/versions",
+        params={"path": "other.c"},
+        headers=h,
+    )
+    (in_hw2,) = (v["snapshot_id"] for v in r.json())
+    items = client.get(f"{BASE}/timeline", params={"kinds": "build"}, headers=h).json()["items"]
+    by_start = {}
+    for item in items:
+        detail = client.get(f"/api/v1/runs/{item['run_id']}", headers=h).json()
+        by_start[detail["start"]] = [s["snapshot_id"] for s in detail["sources"]]
+    assert by_start[utc_text(T0 + 2 * m)] == [
+        hw1[(sha[a], utc_text(T0))],  # not the later save of the same bytes
+        hw1[(sha[b], utc_text(T0 + m))],
+        in_hw2,  # saved in another assignment only
+    ]
+    # before any save: the first save after the start
+    assert by_start[utc_text(T0 - m)] == [hw1[(sha[a], utc_text(T0))]]
+
+
 # ---- timeline ---------------------------------------------------------------------------------
 
 

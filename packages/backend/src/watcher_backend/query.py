@@ -665,23 +665,44 @@ def get_diff(
 
 def _snapshot_with_hash(conn: Connection, run: Any, sha256: str) -> int | None:
     """A snapshot of the run's student holding ``sha256``: the latest saved at or before
-    the run started, else the first saved after it (capture can lag the exec)."""
-    base = select(SnapshotRow.id).where(
-        SnapshotRow.sha256 == sha256, SnapshotRow.student_pk == run.student_pk
-    )
-    before = conn.execute(
-        base.where(SnapshotRow.ts_us <= run.start_us)
-        .order_by(SnapshotRow.ts_us.desc(), SnapshotRow.id.desc())
-        .limit(1)
-    ).scalar()
-    if before is not None:
-        return int(before)
-    after = conn.execute(
-        base.where(SnapshotRow.ts_us > run.start_us)
-        .order_by(SnapshotRow.ts_us, SnapshotRow.id)
-        .limit(1)
-    ).scalar()
-    return int(after) if after is not None else None
+    the run started, else the first saved after it (capture can lag the exec) — looked
+    for in the run's assignment first, then in the student's other assignments.
+
+    There is no index on ``snapshots.sha256`` (0009: random keys were too dear for
+    ingest); each scope walks the student's saves through the (assignment, student, ts)
+    index from the run's start outwards, and the version the run used is normally the
+    first row it meets (capture-on-exec stores it at the start).
+    """
+    scopes: list[list[int]] = []
+    if run.assignment_id is not None:
+        scopes.append([run.assignment_id])
+    others = select(FileRow.assignment_id).where(FileRow.student_pk == run.student_pk)
+    if run.assignment_id is not None:
+        others = others.where(FileRow.assignment_id != run.assignment_id)
+    scopes.append(sorted(set(conn.execute(others.distinct()).scalars())))
+    for assignments in scopes:
+        if not assignments:
+            continue
+        base = select(SnapshotRow.id).where(
+            SnapshotRow.assignment_id.in_(assignments),
+            SnapshotRow.student_pk == run.student_pk,
+            SnapshotRow.sha256 == sha256,
+        )
+        before = conn.execute(
+            base.where(SnapshotRow.ts_us <= run.start_us)
+            .order_by(SnapshotRow.ts_us.desc(), SnapshotRow.id.desc())
+            .limit(1)
+        ).scalar()
+        if before is not None:
+            return int(before)
+        after = conn.execute(
+            base.where(SnapshotRow.ts_us > run.start_us)
+            .order_by(SnapshotRow.ts_us, SnapshotRow.id)
+            .limit(1)
+        ).scalar()
+        if after is not None:
+            return int(after)
+    return None
 
 
 @router.get("/runs/{run_id}")
