@@ -168,3 +168,64 @@ def test_a_refused_snapshot_is_sent_again_and_the_stored_one_is_not(tmp_path: Pa
     assert snapshots() == [sha("int a;\n"), sha("int b;\n")] and pipe.snapshots == 2
     pipe.close()
     outbox.close()
+
+
+def test_held_reads_are_stored_together_once_due(tmp_path: Path) -> None:
+    """With hold_s, a read's write waits for the next reads: one transaction, in order,
+    counted only once it is stored; an empty read holds nothing."""
+    outbox = Outbox(tmp_path / "outbox.db")
+    commits: list[int] = []
+    outbox.add_listener(lambda: commits.append(outbox.stats().events))
+    pipe = Pipeline(outbox, metrics=ProcmonMetrics(CollectorRegistry()))
+    pipe.feed_many([], hold_s=60)
+    assert pipe.commit_due_in() is None
+    pipe.feed_many(_runs(3), hold_s=60)
+    due = pipe.commit_due_in()
+    assert due is not None and 59 < due <= 60
+    pipe.feed_many(_runs(2, first_pid=2000), hold_s=60)
+    assert commits == [] and pipe.runs == 0  # not stored, not counted yet
+    pipe.commit()
+    assert commits == [5] and pipe.runs == 5 and pipe.commit_due_in() is None
+    assert _pids(outbox) == [1000, 1001, 1002, 2000, 2001]
+    pipe.feed_many(_runs(1, first_pid=3000), hold_s=0.01)
+    time.sleep(0.02)
+    pipe.feed_many([], hold_s=0.01)  # the next read after the hold: written now
+    assert commits == [5, 6]
+    pipe.feed_many(_runs(1, first_pid=4000), hold_s=60)
+    pipe.flush()  # at shutdown: what is held is written
+    assert commits == [5, 6, 7] and pipe.runs == 7
+    pipe.close()
+    outbox.close()
+
+
+def test_build_children_end_without_a_run(tmp_path: Path) -> None:
+    """A compiler's pass (build_tgid of another process) sends nothing and is counted as
+    a build child; the program it replaced in its pid still gets its run, and a child that
+    execs something outside the build is an ordinary run again."""
+    outbox = Outbox(tmp_path / "outbox.db")
+    metrics = ProcmonMetrics(CollectorRegistry())
+    pipe = Pipeline(outbox, metrics=metrics)
+    child = replace(_exec(501, 100), build_tgid=500, exe="/usr/lib/gcc/cc1", argv=("cc1",))
+    shell = _exec(502, 200)
+    pipe.feed_many(
+        [
+            child,
+            ExitEvent(150, 501, 0, 501),
+            shell,
+            replace(_exec(502, 300), build_tgid=500),  # replaces /bin/true in pid 502
+            replace(_exec(502, 400), build_tgid=0),  # and leaves the build
+            ExitEvent(500, 502, 3 << 8, 502),
+        ]
+    )
+    runs = [ProcessRun.model_validate_json(e.body) for e in outbox.next_batch(100, 1 << 30)]
+    assert [(r.pid, r.start.microsecond, r.exit_code) for r in runs] == [
+        (502, pipe.pairer.clock.to_utc(200).microsecond, None),
+        (502, pipe.pairer.clock.to_utc(400).microsecond, 3),
+    ]
+    assert metrics.dropped.labels(reason="build_child")._value.get() == 2
+    assert pipe.pending == {}
+    pipe.feed_many([replace(_exec(503, 600), build_tgid=500)])
+    pipe.flush()  # still running at shutdown: no run either
+    assert metrics.dropped.labels(reason="build_child")._value.get() == 3 and pipe.runs == 2
+    pipe.close()
+    outbox.close()

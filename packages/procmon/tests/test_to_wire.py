@@ -18,6 +18,7 @@ from watcher_procmon.agent import Pipeline
 from watcher_procmon.classify import classify
 from watcher_procmon.events import ExecEvent, ExitEvent
 from watcher_procmon.records import ProcessRecord
+from watcher_procmon.sources import SourceRead
 from watcher_procmon.to_wire import Origin, process_run, process_run_encoded
 
 WS = Workspace("os", "1", "202012345")
@@ -99,6 +100,50 @@ def test_encoded_run_is_the_models_dump(case: str) -> None:
     parsed = parse_event(got)
     assert isinstance(parsed, ProcessRun) and dump_event(parsed) == want
     assert parsed.start == T0 and parsed.end == rec.end
+
+
+SHA = "ab" * 32
+SOURCES = {
+    "hashed, below the assignment": [SourceRead("/home/coder/project/hw1/a.c", "ok", SHA, 12)],
+    "multi-file, one missing": [
+        SourceRead("/home/coder/project/hw1/a.c", "ok", SHA, 0),
+        SourceRead('/home/coder/project/hw1/sub/b c"q".cpp', "binary", "cd" * 32, 7),
+        SourceRead("/home/coder/project/hw1/gone.c", "missing"),
+    ],
+    "other assignment and outside the workspace": [
+        SourceRead("/home/coder/project/hw2/x.c", "ok", SHA, 3),
+        SourceRead("/tmp/t.c", "too_large", None, 5 << 20),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", list(SOURCES))
+def test_encoded_compile_with_sources_is_the_models_dump(case: str) -> None:
+    ev = _exec(("gcc", "-c", "a.c"), "/usr/bin/gcc")
+    rec = _record(ev, 0)
+    cls = classify(ev.exe, ev.argv, ev.filename)
+    org = Origin(WS, "hw1", False)
+    reads = SOURCES[case]
+    enc = process_run_encoded(rec, cls, org, "node-1", "1.2.3", reads)
+    assert enc is not None
+    model = process_run(rec, cls, org, reads, None, "node-1", "1.2.3")
+    got = json.loads(enc.body)
+    assert got == _dump(model, enc.event_id)
+    assert len(got["source_files"]) == len(reads)
+    parsed = parse_event(got)
+    assert isinstance(parsed, ProcessRun) and dump_event(parsed) == _dump(model, enc.event_id)
+
+
+def test_sources_outside_the_checks_take_the_model_path() -> None:
+    ev = _exec(("gcc", "-c", "a.c"), "/usr/bin/gcc")
+    cls = classify(ev.exe, ev.argv, ev.filename)
+    org = Origin(WS, "hw1", False)
+    for bad in (
+        SourceRead("/tmp/" + "y" * 5000, "ok", SHA, 1),  # path over 4096 characters
+        SourceRead("/tmp/a.c", "ok", "XY" * 32, 1),  # not a sha256 the model accepts
+        SourceRead("/tmp/\udcff.c", "ok", SHA, 1),  # undecodable byte
+    ):
+        assert process_run_encoded(_record(ev, 0), cls, org, "n", "1", [bad]) is None
 
 
 def test_values_outside_the_checks_take_the_model_path() -> None:

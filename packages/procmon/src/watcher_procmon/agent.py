@@ -5,7 +5,10 @@ order): an exec's sources are read when its exec arrives, a build's stderr is co
 when its driver's exit arrives (its children wrote and exited before it), and the run is
 put into the sink then. :meth:`Pipeline.feed_many` (one ring buffer read) writes all the
 events it produces in one outbox transaction: one fsync per read instead of one per event,
-and an event counts (metrics, dedup memory) once that transaction has committed.
+and an event counts (metrics, dedup memory) once that transaction has committed. The agent
+lets that transaction wait for the reads of the next few tens of milliseconds (``hold_s``):
+a record is then in the agent's memory that long before it is durable, as records wait in
+the ring buffer for the periodic poll already.
 """
 
 from __future__ import annotations
@@ -126,6 +129,7 @@ class Pipeline:
         self.pairer = Pairer(clock or BootClock())
         self.stderr = StderrCollector()
         self.pending: dict[int, _Pending] = {}
+        self._children: set[int] = set()  # running build children (see feed)
         self.namespaces = Namespaces(identity, proc)
         self.proc = proc
         self._warned_mntns: OrderedDict[int, None] = OrderedDict()
@@ -135,11 +139,12 @@ class Pipeline:
         self.snapshots = 0
         # set inside feed_many: puts wait there and are stored together
         self._batch: list[_Put] | None = None
+        self._batch_due = 0.0  # time.monotonic() by which a held batch is written
         self._after_batch: list[Callable[[], None]] = []
         self._put_many: Callable[[Iterable[tuple[Event, bytes | None]]], None] | None = (
             sink.put_many if isinstance(sink, BatchSink) else None
         )
-        # runs without sources or build output skip the pydantic model when the sink can
+        # runs without build output skip the pydantic model when the sink can
         # take their JSON directly (see to_wire.process_run_encoded)
         self._encoded: EncodedSink | None = (
             sink  # type: ignore[assignment]
@@ -166,6 +171,23 @@ class Pipeline:
         if isinstance(ev, StderrEvent):
             self.stderr.add(ev)
             return
+        if ev.tgid in self._children:
+            # a build child's program ends here: it has no run (its stderr is its driver's)
+            self._children.discard(ev.tgid)
+            self._drop_child.inc()
+            if isinstance(ev, ExitEvent):
+                self.namespaces.exit(ev.tgid)
+                return
+        if isinstance(ev, ExecEvent) and ev.build_tgid and ev.build_tgid != ev.tgid:
+            # A compiler's pass (cc1, as, collect2, ld): two thirds of a build's processes.
+            # Nothing of it is sent, so it is not classified, attributed or paired; only
+            # the program it replaces (if any) ends, and it stands in for its namespace.
+            rec = self.pairer.replace(ev.tgid, ev.ts_ns)
+            if rec is not None:
+                self._on_record(rec)
+            self._children.add(ev.tgid)
+            self.namespaces.exec(ev)
+            return
         # first: an exec may complete the previous program of the same pid
         rec = self.pairer.feed(ev)
         if rec is not None:
@@ -176,22 +198,46 @@ class Pipeline:
         elif isinstance(ev, ExitEvent):
             self.namespaces.exit(ev.tgid)
 
-    def feed_many(self, events: Iterable[KernelEvent]) -> None:
-        """Feed a ring buffer read; the events it produces go to the sink in one write."""
-        self._batch = []
+    def feed_many(self, events: Iterable[KernelEvent], hold_s: float = 0.0) -> None:
+        """Feed a ring buffer read; the events it produces go to the sink in one write.
+        With ``hold_s`` that write may wait for later reads, until ``hold_s`` after the
+        read that began it (see :meth:`commit_due_in`): during a build each compile is a
+        read of its own, and one transaction per read cost more than the reads."""
+        if self._batch is None:
+            self._batch = []
+            self._batch_due = time.monotonic() + hold_s
         self.namespaces.begin_batch()
+        done = False
         try:
             for ev in events:
                 self.feed(ev)
+            done = True
         finally:
             self.namespaces.end_batch()
-            batch, self._batch = self._batch, None
-            self._store(batch)
+            if not self._batch and not self._after_batch:
+                self._batch = None  # nothing to write: nothing waits
+            elif not done or time.monotonic() >= self._batch_due:
+                self.commit()
         self.namespaces.sweep()
 
+    def commit(self) -> None:
+        """Write what earlier reads produced (one transaction); their events count now."""
+        batch, self._batch = self._batch, None
+        if batch is not None:
+            self._store(batch)
+
+    def commit_due_in(self) -> float | None:
+        """Seconds until the held write is due (0: now); None when nothing is held."""
+        if self._batch is None:
+            return None
+        return max(0.0, self._batch_due - time.monotonic())
+
     def flush(self) -> None:
-        """At shutdown: runs of processes still running (no end known)."""
+        """At shutdown: what is held, then runs of processes still running (no end known)."""
+        self.commit()
         self._batch = []
+        self._drop_child.inc(len(self._children))  # still running: no run either way
+        self._children.clear()
         try:
             for rec in self.pairer.flush():
                 self._on_record(rec)
@@ -342,8 +388,10 @@ class Pipeline:
             self._drop_not_student.inc()
             return
         run: ProcessRun | EncodedEvent | None = None
-        if self._encoded is not None and build is None and not p.sources:
-            run = process_run_encoded(rec, p.cls, p.origin, self.node, self.version)
+        if self._encoded is not None and build is None:
+            run = process_run_encoded(
+                rec, p.cls, p.origin, self.node, self.version, p.sources, self.identity
+            )
         try:
             if run is None:
                 run = process_run(

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -43,6 +44,9 @@ SHUTDOWN_BUDGET_S = 4.5  # SIGTERM -> exit within 5 s
 HEALTH_CHECK_S = 5.0
 DROP_CLEAR_S = 60.0  # ring buffer drops mark the agent degraded this long
 DEFAULT_NICE = 10  # a build on a busy node waits less for the agent's bookkeeping
+# see TracerLoop: exec -> outbox grows by up to HOLD_S + GAP_S (target p99 <= 100 ms)
+HOLD_S = 0.025
+GAP_S = 0.005
 
 ENV_HELP = """environment:
   STATE_DIR                         durable state; outbox at STATE_DIR/outbox.db
@@ -123,12 +127,29 @@ class StdoutSink:
 
 class TracerLoop:
     """Reads the ring buffer in its own thread (libbpf's poll blocks) and feeds the
-    pipeline; watches the kernel's drop counters for /health."""
+    pipeline; watches the kernel's drop counters for /health.
 
-    def __init__(self, tracer: Tracer, pipeline: Pipeline, health: Health | None) -> None:
+    A build wakes the reader for every compiler (capture-on-exec must read the sources
+    while the compiler lives), i.e. every few milliseconds, and each read cost a cold
+    start of the whole pipeline and an outbox transaction: the CPU a build lost to the
+    agent. So the write of a read waits up to ``hold_s`` for later reads (one transaction
+    for several compiles), and after a read with records the next one waits ``gap_s``
+    (records, and wakeups, of that burst pile up in the ring buffer meanwhile; a compiler
+    that exits in between is read through its parent or a peer, see sources.py)."""
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        pipeline: Pipeline,
+        health: Health | None,
+        hold_s: float = HOLD_S,
+        gap_s: float = GAP_S,
+    ) -> None:
         self.tracer = tracer
         self.pipeline = pipeline
         self.health = health
+        self.hold_s = hold_s
+        self.gap_s = gap_s
         self.counters: Counters | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="procmon-tracer", daemon=True)
@@ -139,12 +160,21 @@ class TracerLoop:
     def start(self) -> None:
         self._thread.start()
 
+    def step(self) -> int:
+        """One ring buffer read fed to the pipeline; how many records it had."""
+        due = self.pipeline.commit_due_in()
+        timeout = None if due is None else min(self.tracer.config.poll_ms, math.ceil(due * 1e3))
+        events = self.tracer.read_events(timeout)
+        self.pipeline.feed_many(events, self.hold_s)
+        if events and self.gap_s:
+            time.sleep(self.gap_s)
+        return len(events)
+
     def _run(self) -> None:
         next_check = 0.0
         try:
             while not self._stop.is_set():
-                # one outbox transaction per read, not per event
-                self.pipeline.feed_many(self.tracer.read_events())
+                self.step()
                 if time.monotonic() >= next_check:
                     self._check()
                     next_check = time.monotonic() + HEALTH_CHECK_S

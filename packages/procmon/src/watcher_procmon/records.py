@@ -105,6 +105,12 @@ class Pairer:
             return None
         return self._close(ev, event.ts_ns, event)
 
+    def replace(self, tgid: int, ts_ns: int) -> ProcessRecord | None:
+        """An exec in ``tgid`` that is not paired here (see the agent's build children):
+        the record of the program it replaces, if one is open."""
+        prev = self.open.pop(tgid, None)
+        return self._close(prev, ts_ns, None) if prev else None
+
     def flush(self) -> list[ProcessRecord]:
         """Records of processes still running (at shutdown): end and status unknown."""
         out = [

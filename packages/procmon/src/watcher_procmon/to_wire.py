@@ -10,6 +10,7 @@ assignment comes from the container-visible cwd, else the first source file. A
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from json.encoder import encode_basestring as _s
@@ -79,14 +80,18 @@ def origin(
     return Origin(ws, first.assignment if first else None, cause is not None, cause)
 
 
-def source_file(read: SourceRead, run_assignment: str | None, ident: IdentityConfig) -> SourceFile:
-    """Below the run's assignment when it is there, else the path seen in the container."""
+def _source_path(read: SourceRead, run_assignment: str | None, ident: IdentityConfig) -> str:
     parsed = parse_container_path(read.path, ident)
     if isinstance(parsed, ContainerPath) and parsed.path and parsed.assignment == run_assignment:
-        path = parsed.path
-    else:
-        path = read.path
-    return SourceFile(path=path, sha256=read.sha256, size=read.size)
+        return parsed.path
+    return read.path
+
+
+def source_file(read: SourceRead, run_assignment: str | None, ident: IdentityConfig) -> SourceFile:
+    """Below the run's assignment when it is there, else the path seen in the container."""
+    return SourceFile(
+        path=_source_path(read, run_assignment, ident), sha256=read.sha256, size=read.size
+    )
 
 
 def snapshot(
@@ -178,13 +183,14 @@ def process_run(
     )
 
 
-# ---- the hot path: a run without sources or build output, encoded directly ---------------
+# ---- the hot path: a run without build output, encoded directly ----------------------------
 # At hundreds of execs/s (student programs, shell commands) validating and dumping the
 # ProcessRun model was a third of the agent's CPU per exec. Every value below comes from
 # the kernel record, the classifier or the identity parser; the checks that could fail for
 # such values (lengths) are done here, and anything else takes the model path.
 # test_to_wire.py checks the bodies against the model's own dump, field for field.
 
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 _STR_MAX = 4096  # exe, filename, cwd, output_path (StringConstraints of ProcessRun)
 
 
@@ -194,15 +200,45 @@ def _iso(dt: datetime) -> str:
     return s[:-6] + "Z" if s.endswith("+00:00") else s
 
 
+def _source_files(
+    sources: list[SourceRead], assignment: str | None, ident: IdentityConfig
+) -> str | None:
+    """The JSON of ``source_files`` as the model dumps it (None fields left out); None
+    when a path is outside the model's length limits."""
+    items = []
+    for read in sources[:1024]:
+        path = _source_path(read, assignment, ident)
+        if not 1 <= len(path) <= _STR_MAX or (read.size is not None and read.size < 0):
+            return None
+        item = f'{{"path":{_s(path)}'
+        if read.sha256 is not None:
+            if not _SHA256.fullmatch(read.sha256):
+                return None
+            item += f',"sha256":"{read.sha256}"'
+        if read.size is not None:
+            item += f',"size":{int(read.size)}'
+        items.append(item + "}")
+    return f"[{','.join(items)}]"
+
+
 def process_run_encoded(
     rec: ProcessRecord,
     cls: Classification,
     org: Origin,
     node: str,
     version: str,
+    sources: list[SourceRead] | None = None,
+    ident: IdentityConfig = DEFAULT,
 ) -> EncodedEvent | None:
-    """The ``ProcessRun`` of a run that has no sources and no build output, as its wire
-    JSON; None when a value is outside what this path checks (use :func:`process_run`)."""
+    """The ``ProcessRun`` of a run without build output (a compile with no stderr, any
+    other program), as its wire JSON; None when a value is outside what this path checks
+    (use :func:`process_run`)."""
+    files = "[]"
+    if sources:
+        got = _source_files(sources, org.assignment, ident)
+        if got is None:
+            return None
+        files = got
     ev = rec.exec
     ws = org.workspace
     assignment = org.assignment
@@ -249,7 +285,7 @@ def process_run_encoded(
     for name, value in (("exit_code", rec.exit_code), ("signal", rec.signal)):
         if value is not None:
             parts.append(f',"{name}":{int(value)}')
-    parts.append(f',"core_dumped":{_B[rec.core_dumped]},"source_files":[]')
+    parts.append(f',"core_dumped":{_B[rec.core_dumped]},"source_files":{files}')
     if output is not None:
         parts.append(f',"output_path":{_s(output)}')
     parts.append(f',"diagnostics":[],"identity_mismatch":{_B[org.mismatch]},"source":"procmon"}}')
