@@ -8,7 +8,10 @@ Knobs: BENCH_PM_PROF_SECONDS (10), BENCH_PM_PROF_RATE (200), BENCH_PM_PROF_TOP (
 BENCH_PM_PROF_OFF=1 (no cProfile: the plain CPU per exec), BENCH_PM_PROF_REPLAY (5): the
 raw records captured live are then decoded and fed again this many times (fresh pipeline
 and outbox each, same batches) without the kernel, the CPU per exec+exit printed for each
-(steadier than the live figure on a shared machine).
+(steadier than the live figure on a shared machine). BENCH_PM_PROF_BUILD=N: instead of the
+generator, N builds of bench j's generated C project (``make -B -j<nproc>``) in the
+container, one after another; the thread CPU per build is printed for each (the first
+includes first-use costs) and the profile covers all of them.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from prometheus_client import CollectorRegistry
 from watcher_common.outbox import Outbox
 from watcher_procmon.agent import Pipeline
 from watcher_procmon.events import decode
+from watcher_procmon.main import GAP_S, HOLD_S, TracerLoop
 from watcher_procmon.metrics import ProcmonMetrics
 from watcher_procmon.tracer import Tracer, TracerConfig
 
@@ -40,6 +44,7 @@ RATE = float(os.environ.get("BENCH_PM_PROF_RATE", "200"))
 TOP = int(os.environ.get("BENCH_PM_PROF_TOP", "35"))
 OFF = os.environ.get("BENCH_PM_PROF_OFF", "") == "1"
 REPLAY = int(os.environ.get("BENCH_PM_PROF_REPLAY", "5"))
+BUILDS = int(os.environ.get("BENCH_PM_PROF_BUILD", "0"))
 
 
 class _NullSink:
@@ -128,9 +133,21 @@ def main() -> int:
 
             pipe._store = timed_store  # type: ignore[method-assign]
             tracer._rb._on_record = keep  # type: ignore[union-attr]
-            cmd = in_container([str(gen), str(SECONDS), str(RATE), "1", "/bin/true"])
+            if BUILDS:
+                from procmon_overhead import NPROC, make_project
+
+                make_project(tmp / "project")
+                make = ["make", "-s", "-B", f"-j{NPROC}", "-C", str(tmp / "project")]
+                subprocess.run(make, check=True, stdout=subprocess.DEVNULL)  # page cache
+                script = "; ".join([" ".join(make) + " >/dev/null"] * BUILDS)
+                cmd = in_container(["sh", "-c", f"{script}; echo {BUILDS}"])
+            else:
+                cmd = in_container([str(gen), str(SECONDS), str(RATE), "1", "/bin/true"])
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-            prof = cProfile.Profile()
+            # BENCH_PM_PROF_TIMER=cpu: thread CPU time, not wall time (poll's sleep is not
+            # counted; slower per call)
+            cpu_timer = os.environ.get("BENCH_PM_PROF_TIMER") == "cpu"
+            prof = cProfile.Profile(time.thread_time) if cpu_timer else cProfile.Profile()
             if os.environ.get("BENCH_PM_PROF_GC") == "freeze":
                 gc.collect()
                 gc.freeze()
@@ -139,10 +156,30 @@ def main() -> int:
             r0 = resource.getrusage(resource.RUSAGE_THREAD)
             if not OFF:
                 prof.enable()
-            while proc.poll() is None:
+            # the agent's own read loop (hold and gap: BENCH_PM_PROF_HOLD_MS / _GAP_MS)
+            loop = TracerLoop(
+                tracer,
+                pipe,
+                None,
+                float(os.environ.get("BENCH_PM_PROF_HOLD_MS", HOLD_S * 1e3)) / 1e3,
+                float(os.environ.get("BENCH_PM_PROF_GAP_MS", GAP_S * 1e3)) / 1e3,
+            )
+            read_cpu = 0.0
+            read_events = tracer.read_events
+
+            def timed_read(timeout_ms: int | None = None) -> list[Any]:
+                nonlocal read_cpu
                 batches.append([])
-                pipe.feed_many(tracer.read_events())
-            batches.append([])
+                t = time.thread_time()
+                try:
+                    return read_events(timeout_ms)
+                finally:
+                    read_cpu += time.thread_time() - t
+
+            tracer.read_events = timed_read  # type: ignore[method-assign]
+            while proc.poll() is None:
+                loop.step()
+            pipe.commit()
             pipe.feed_many(tracer.read_events(200))
             if not OFF:
                 prof.disable()
@@ -159,6 +196,9 @@ def main() -> int:
     user, sys_ = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
     per = 1e6 / max(1, execs)
     print(f"user {user * per:.1f} us, sys {sys_ * per:.1f} us per exec")
+    print(f"of which reading (poll, consume, decode): {read_cpu * per:.1f} us")
+    full = [b for b in batches if b]
+    print(f"reads: {len(batches)}, with records {len(full)}, records {sum(map(len, full))}")
     print(f"of which storing (outbox put_many + callbacks): {store_cpu[0] * per:.1f} us")
     print(f"per exec+exit: {cpu * per:.1f} us ({'no profiler' if OFF else 'profiled'})")
     if not OFF:
