@@ -10,6 +10,7 @@ assignment comes from the container-visible cwd, else the first source file. A
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -54,8 +55,13 @@ class Origin:
     mismatch_cause: Literal["mount", "path"] | None = None
 
 
+# A pure function of its arguments, asked three times per compiled file (origin, snapshot,
+# the run's source_files) and again at every compile of the same files.
+_parse_path = functools.lru_cache(maxsize=4096)(parse_container_path)
+
+
 def _parse(path: str, ident: IdentityConfig, ws: Workspace) -> ContainerPath | None:
-    parsed = parse_container_path(path, ident, ws) if path else None
+    parsed = _parse_path(path, ident, ws) if path else None
     return parsed if isinstance(parsed, ContainerPath) else None
 
 
@@ -81,7 +87,7 @@ def origin(
 
 
 def _source_path(read: SourceRead, run_assignment: str | None, ident: IdentityConfig) -> str:
-    parsed = parse_container_path(read.path, ident)
+    parsed = _parse_path(read.path, ident)
     if isinstance(parsed, ContainerPath) and parsed.path and parsed.assignment == run_assignment:
         return parsed.path
     return read.path
@@ -106,7 +112,7 @@ def snapshot(
     for a file outside every assignment, a binary, or one over the size cap."""
     if read.status != "ok" or read.sha256 is None or read.size is None:
         return None
-    parsed = parse_container_path(read.path, ident, org.workspace)
+    parsed = _parse_path(read.path, ident, org.workspace)
     if not isinstance(parsed, ContainerPath) or not parsed.path:
         return None
     mtime = None
