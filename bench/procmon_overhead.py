@@ -16,11 +16,21 @@ agent's userspace CPU at 200 student execs/s, and the slowdown of a real build.
 3. A generated C project (FILES, 50 files of a few functions each, one header) is built
    with ``make -B -j<nproc>`` inside the container ROUNDS (10) times with the agent loaded
    and 10 times without, interleaved (the order alternates each round; the agent is
-   started before and stopped after each traced build). Medians of the wall time and of the
-   build's CPU time (children's user+sys, less sensitive to other load) are compared.
+   started before and stopped after each traced build). Before each timed build, traced
+   or not, one student compile of a project file runs in the container; with the agent,
+   the timed build starts once the agent has stored that compile's run. That warm-up is
+   what a long-running agent has behind it (its first compile's first-use costs: lazy
+   imports, the first model validations, the outbox's first blob): paid once per agent
+   in production, it is not a per-build cost. Reported: the median of the per-round
+   paired ratios (with / without of the same round: slow drifts of the shared machine
+   cancel), the medians of the wall times and of the build's CPU time (children's
+   user+sys), and the agent's own CPU per traced build (utime+stime from the timed
+   build's start to 0.5 s after its end, i.e. it includes draining the build's records):
+   the robust figure when wall times are noisy. That CPU over nproc × the build's wall
+   time is the slowdown it would cause if all of it competed with the compilers.
 
 Knobs: BENCH_PM_STAT_EXECS (5000), BENCH_PM_CPU_SECONDS (30), BENCH_PM_BUILD_ROUNDS (10;
-0 skips the build phase), BENCH_PM_BUILD_FILES (50).
+0 skips the build phase; more rounds narrow the paired median), BENCH_PM_BUILD_FILES (50).
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import sys
 import time
 from pathlib import Path
 
-from agentlib import sysctl, tmpfs_dir
+from agentlib import Agent, sysctl, tmpfs_dir
 from benchlib import CLK_TCK, Metric, Result, log, run_bench, target_check
 from procmonlib import (
     agent_prog_ids,
@@ -99,6 +109,20 @@ def build(d: Path) -> tuple[float, float]:
     return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
+def warm_up(d: Path, tmp: Path, pm: Agent | None) -> None:
+    """One student compile before the timed build; with an agent, until it stored its run."""
+    before = runs_total(pm.metrics()) if pm else 0.0
+    subprocess.run(
+        in_container(["gcc", "-O2", "-c", str(d / "f0.c"), "-o", str(tmp / "warm.o")]),
+        check=True,
+    )
+    deadline = time.monotonic() + 10
+    while pm is not None and runs_total(pm.metrics()) <= before:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the agent stored no run of the warm-up compile:\n{pm.tail()}")
+        time.sleep(0.05)
+
+
 def rnd(x: float | None, digits: int) -> float | None:
     return None if x is None else round(x, digits)
 
@@ -154,12 +178,15 @@ def body(result: Result) -> None:
                 if traced:
                     with procmon(tmp / f"round{r}") as pm:
                         pm.wait_log("procmon ready")
+                        warm_up(proj, tmp, pm)
+                        runs0 = runs_total(pm.metrics())
                         cpu0 = pm.cpu_ticks()
                         with_agent.append(build(proj))
                         time.sleep(0.5)
                         agent_cpu.append((pm.cpu_ticks() - cpu0) / CLK_TCK)
-                        traced_builds += runs_total(pm.metrics())
+                        traced_builds += runs_total(pm.metrics()) - runs0
                 else:
+                    warm_up(proj, tmp, None)
                     without.append(build(proj))
             log(f"build round {r + 1}/{ROUNDS}: with {with_agent[-1][0]:.2f} s,"
                 f" without {without[-1][0]:.2f} s")  # fmt: skip
@@ -185,6 +212,11 @@ def body(result: Result) -> None:
     co_med = median([c for _, c in without])
     a_med = median(agent_cpu)
     slow = None if w_med is None or wo_med is None else (w_med / wo_med - 1) * 100
+    # each round's traced build against the same round's untraced one
+    paired = [(w / wo - 1) * 100 for (w, _), (wo, _) in zip(with_agent, without, strict=True)]
+    slow_paired = median(paired)
+    # the agent's CPU as a share of the build's: the slowdown if all of it competed
+    share = None if a_med is None or not wo_med else a_med / (NPROC * wo_med) * 100
     slow_cpu = None if c_med is None or co_med is None else (c_med / co_med - 1) * 100
     spread = (
         statistics.pstdev(w for w, _ in without) / wo_med * 100
@@ -207,11 +239,13 @@ def body(result: Result) -> None:
                "us"),
         Metric("build wall time, median without the agent", rnd(wo_med, 3), "s"),
         Metric("build wall time, median with the agent", rnd(w_med, 3), "s"),
-        Metric("build slowdown (wall, medians)", rnd(slow, 2), "%", "<= 1",
-               target_check(slow, "<=", 1)),
+        Metric("build slowdown (wall, median of per-round paired ratios)", rnd(slow_paired, 2),
+               "%", "<= 1", target_check(slow_paired, "<=", 1)),
+        Metric("build slowdown (wall, ratio of medians)", rnd(slow, 2), "%"),
         Metric("build slowdown (CPU time of the build, medians)", rnd(slow_cpu, 2), "%"),
         Metric("agent CPU per traced build (utime+stime, median)",
                rnd(None if a_med is None else a_med * 1000, 0), "ms"),
+        Metric("agent CPU per traced build / (nproc × build wall time)", rnd(share, 2), "%"),
     ]  # fmt: skip
     result.notes += [
         f"bpf_stats: {per['student'][0]} student execs of /bin/true at 400/s (container) and"
@@ -224,8 +258,10 @@ def body(result: Result) -> None:
         f"userspace CPU: {n200} execs in {secs200:.1f} s (+1 s to drain), utime+stime of the"
         " agent process; agent without a backend (outbox only)",
         f"build: {FILES + 1} C files + link, make -B -j{NPROC} in the container, {ROUNDS}"
-        f" rounds interleaved (order alternating); wall times without"
+        f" rounds interleaved (order alternating), each after a warm-up compile (with the"
+        f" agent: once its run is stored); wall times without"
         f" {[round(w, 2) for w, _ in without]}, with {[round(w, 2) for w, _ in with_agent]};"
+        f" per-round paired slowdowns {[round(p, 1) for p in paired]} %;"
         f" run-to-run spread without the agent ±{spread:.1f}% (so a ≤ 1% effect is within"
         f" the noise on this shared machine); runs the agent recorded per traced build"
         f" ≈{traced_builds / max(1, ROUNDS):.0f}; agent CPU per traced build"

@@ -187,11 +187,17 @@ def main() -> int:
             gc_after = sum(st["collections"] for st in gc.get_stats())
             r1 = resource.getrusage(resource.RUSAGE_THREAD)
             execs = int((proc.stdout.read() if proc.stdout else "0").split()[0])
+            vias = {
+                smp.labels["via"]: int(smp.value)
+                for smp in pipe.metrics.source_capture.collect()[0].samples
+                if smp.name.endswith("_total")
+            }
             pipe.close()
         n = outbox.stats().events
         outbox.close()
         replay(tmp, [b for b in batches if b], execs)
     print(f"gc collections during the run: {gc_after - gc_before} (gen counts {gc.get_count()})")
+    print(f"sources captured via {vias}")
     print(f"execs {execs}, runs in outbox {n}, tracer-thread CPU {cpu:.3f} s")
     user, sys_ = r1.ru_utime - r0.ru_utime, r1.ru_stime - r0.ru_stime
     per = 1e6 / max(1, execs)
