@@ -192,8 +192,11 @@ def test_held_reads_are_stored_together_once_due(tmp_path: Path) -> None:
     pipe.feed_many([], hold_s=0.01)  # the next read after the hold: written now
     assert commits == [5, 6]
     pipe.feed_many(_runs(1, first_pid=4000), hold_s=60)
+    pipe.feed_many(_runs(1, first_pid=5000))  # a read that holds nothing: all written now
+    assert commits == [5, 6, 8]
+    pipe.feed_many(_runs(1, first_pid=6000), hold_s=60)
     pipe.flush()  # at shutdown: what is held is written
-    assert commits == [5, 6, 7] and pipe.runs == 7
+    assert commits == [5, 6, 8, 9] and pipe.runs == 9
     pipe.close()
     outbox.close()
 

@@ -202,7 +202,8 @@ class Pipeline:
         """Feed a ring buffer read; the events it produces go to the sink in one write.
         With ``hold_s`` that write may wait for later reads, until ``hold_s`` after the
         read that began it (see :meth:`commit_due_in`): during a build each compile is a
-        read of its own, and one transaction per read cost more than the reads."""
+        read of its own, and one transaction per read cost more than the reads. A read
+        with ``hold_s`` 0 writes what earlier reads held at once."""
         if self._batch is None:
             self._batch = []
             self._batch_due = time.monotonic() + hold_s
@@ -216,7 +217,7 @@ class Pipeline:
             self.namespaces.end_batch()
             if not self._batch and not self._after_batch:
                 self._batch = None  # nothing to write: nothing waits
-            elif not done or time.monotonic() >= self._batch_due:
+            elif not done or not hold_s or time.monotonic() >= self._batch_due:
                 self.commit()
         self.namespaces.sweep()
 

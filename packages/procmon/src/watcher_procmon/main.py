@@ -45,7 +45,7 @@ HEALTH_CHECK_S = 5.0
 DROP_CLEAR_S = 60.0  # ring buffer drops mark the agent degraded this long
 DEFAULT_NICE = 10  # a build on a busy node waits less for the agent's bookkeeping
 # see TracerLoop: exec -> outbox grows by up to HOLD_S + GAP_S (target p99 <= 100 ms)
-HOLD_S = 0.0
+HOLD_S = 0.025
 GAP_S = 0.02
 
 ENV_HELP = """environment:
@@ -169,7 +169,8 @@ class TracerLoop:
         t0 = time.monotonic()
         events = self.tracer.read_events(timeout)
         woken = (time.monotonic() - t0) * 1e3 < timeout - 1  # by a record, not the timer
-        self.pipeline.feed_many(events, self.hold_s)
+        # a burst (woken reads) holds its writes; the periodic poll writes at once
+        self.pipeline.feed_many(events, self.hold_s if woken else 0.0)
         if events and woken and self.gap_s:
             time.sleep(self.gap_s)
         return len(events)
