@@ -15,7 +15,7 @@
 #include <linux/types.h> /* userspace: __u8 .. __u64; the BPF side gets them from vmlinux.h */
 #endif
 
-#define PM_ABI_VERSION 2
+#define PM_ABI_VERSION 3
 
 /* Sizes of the variable payload of an exec record. */
 #define PM_NODENAME_LEN 72 /* UTS nodename: 64 chars + NUL, padded to 8 */
@@ -138,21 +138,22 @@ struct pm_stderr {
 /*
  * Filter and wakeup settings: the programs' `const volatile` global in section
  * ".rodata.cfg", written by userspace before load (bpf_map__set_initial_value) and frozen,
- * so the verifier treats every field as a constant.
+ * so the verifier treats every field as a constant (the loads stay, though). The scalars
+ * come first so that they and a prefix of up to 32 bytes share the map's first cache line.
  */
 struct pm_config {
-	char prefix[PM_PREFIX_MAX]; /* UTS nodename prefix of student containers */
-	__u32 prefix_len;           /* 0: trace every process */
-	__u32 enabled;              /* 0: programs return at once (before config is written) */
-	__u32 wakeup_every;         /* wake the reader every N records per CPU (<= 1: always) */
-	__u32 wakeup_bytes;         /* records at least this large wake the reader at once */
-	__u32 capture_stderr;       /* 0: compilers' stderr is not captured */
-	__u32 stderr_budget;        /* bytes captured per build */
+	__u32 prefix_len;     /* 0: trace every process */
+	__u32 enabled;        /* 0: programs return at once (before config is written) */
+	__u32 wakeup_every;   /* wake the reader every N records per CPU (<= 1: always) */
+	__u32 wakeup_bytes;   /* records at least this large wake the reader at once */
+	__u32 capture_stderr; /* 0: compilers' stderr is not captured */
+	__u32 stderr_budget;  /* bytes captured per build */
 	/*
 	 * Bit pm_tool_bloom_bit(name) is set for every name in the "tools" map: an exe whose
 	 * basename's bit is clear skips the first (hash) lookup. 0: look every name up.
 	 */
 	__u64 tool_bloom;
+	char prefix[PM_PREFIX_MAX]; /* UTS nodename prefix of student containers */
 };
 
 /* The bloom bit of a basename: its first and last byte and its length (without NUL). */
@@ -166,20 +167,22 @@ struct pm_config {
  * exec_read_err and exec_not_tracked count emitted records that carry an error flag.
  */
 struct pm_counters {
+	/* the eight every exec and exit touches first: one cache line (if the per-CPU
+	 * value starts on one; it is only 8-aligned) */
 	__u64 exec_seen;         /* execs while enabled */
 	__u64 exec_emitted;      /* exec records in the ring buffer */
 	__u64 exec_filtered;     /* not a student container: nothing emitted */
-	__u64 exec_drop_ringbuf; /* ring buffer full */
-	__u64 exec_drop_scratch; /* no scratch area for this CPU (map sized too small) */
 	__u64 exit_seen;         /* thread-group exits (group_dead) while enabled */
 	__u64 exit_emitted;      /* exit records in the ring buffer */
 	__u64 exit_filtered;     /* tgid was never exec'd in a student container */
+	__u64 stderr_emitted;    /* pm_stderr records in the ring buffer */
+	__u64 wakeups;           /* records submitted with a forced wakeup */
+	__u64 exec_drop_ringbuf; /* ring buffer full */
+	__u64 exec_drop_scratch; /* no scratch area for this CPU (map sized too small) */
 	__u64 exit_drop_ringbuf; /* ring buffer full */
 	__u64 exec_read_err;     /* emitted with PM_F_ARGV_ERR */
 	__u64 exec_not_tracked;  /* emitted with PM_F_NOT_TRACKED */
-	__u64 wakeups;           /* records submitted with a forced wakeup */
 	__u64 stderr_seen;         /* write(2, ...) calls by captured processes */
-	__u64 stderr_emitted;      /* pm_stderr records in the ring buffer */
 	__u64 stderr_drop_budget;  /* the build's budget was used up (or the build ended) */
 	__u64 stderr_drop_ringbuf; /* ring buffer full */
 	__u64 stderr_read_err;     /* reading the user buffer failed */

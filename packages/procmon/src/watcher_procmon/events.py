@@ -11,7 +11,7 @@ import ctypes
 import struct
 from dataclasses import dataclass
 
-ABI_VERSION = 2
+ABI_VERSION = 3
 
 NODENAME_LEN = 72
 PREFIX_MAX = 64
@@ -97,7 +97,6 @@ class PmStderr(ctypes.Structure):
 
 class PmConfig(ctypes.Structure):
     _fields_ = (
-        ("prefix", ctypes.c_char * PREFIX_MAX),
         ("prefix_len", _u32),
         ("enabled", _u32),
         ("wakeup_every", _u32),
@@ -105,6 +104,7 @@ class PmConfig(ctypes.Structure):
         ("capture_stderr", _u32),
         ("stderr_budget", _u32),
         ("tool_bloom", _u64),
+        ("prefix", ctypes.c_char * PREFIX_MAX),
     )
 
 
@@ -118,17 +118,17 @@ class PmCounters(ctypes.Structure):
         ("exec_seen", _u64),
         ("exec_emitted", _u64),
         ("exec_filtered", _u64),
-        ("exec_drop_ringbuf", _u64),
-        ("exec_drop_scratch", _u64),
         ("exit_seen", _u64),
         ("exit_emitted", _u64),
         ("exit_filtered", _u64),
+        ("stderr_emitted", _u64),
+        ("wakeups", _u64),
+        ("exec_drop_ringbuf", _u64),
+        ("exec_drop_scratch", _u64),
         ("exit_drop_ringbuf", _u64),
         ("exec_read_err", _u64),
         ("exec_not_tracked", _u64),
-        ("wakeups", _u64),
         ("stderr_seen", _u64),
-        ("stderr_emitted", _u64),
         ("stderr_drop_budget", _u64),
         ("stderr_drop_ringbuf", _u64),
         ("stderr_read_err", _u64),
