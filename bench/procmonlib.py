@@ -76,7 +76,8 @@ def procmon(tmp: Path, api_server: str | None = None, token: str = "bench", **en
             "STATE_DIR": str(tmp / "procmon-state"),
             "API_SERVER": api_server or f"http://127.0.0.1:{free_port()}",
             "WATCHER_AGENT_TOKEN": token,
-            "WATCHER_PROCMON_BPF_OBJ": str(BPF_OBJ),
+            # an override (a candidate object built elsewhere) wins over the source tree's
+            "WATCHER_PROCMON_BPF_OBJ": os.environ.get("WATCHER_PROCMON_BPF_OBJ", str(BPF_OBJ)),
             **env,
         },
         tmp,
