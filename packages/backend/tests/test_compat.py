@@ -733,28 +733,36 @@ def test_percentiles_nearest_rank_for_every_count(
 
 
 def test_student_stats_follow_snapshot_inserts_deletes_updates(
-    client: TestClient, agent_headers: dict[str, str]
+    client: TestClient, agent_headers: dict[str, str], reader_headers: dict[str, str]
 ) -> None:
-    """The trigger-kept per-student totals always equal a GROUP BY over the snapshots."""
+    """The per-student totals and the per-size counts (written by the ingest writer, kept
+    by triggers on deletes and updates) always equal a GROUP BY over the snapshots."""
     from sqlalchemy import text
 
     events, _ = _random_class(3)
     ingest(client, agent_headers, events)
     engine = client.app.state.engine  # type: ignore[attr-defined]
-    truth = (
-        "SELECT assignment_id, student_pk, count(*), sum(size), max(ts_us) FROM snapshots"
-        " GROUP BY assignment_id, student_pk ORDER BY 1, 2"
-    )
-    kept = (
-        "SELECT assignment_id, student_pk, snapshots, size_sum, last_ts_us"
-        " FROM assignment_student_stats ORDER BY 1, 2"
-    )
+    pairs = [
+        (
+            "SELECT assignment_id, student_pk, count(*), sum(size), max(ts_us) FROM snapshots"
+            " GROUP BY assignment_id, student_pk ORDER BY 1, 2",
+            "SELECT assignment_id, student_pk, snapshots, size_sum, last_ts_us"
+            " FROM assignment_student_stats ORDER BY 1, 2",
+        ),
+        (
+            "SELECT assignment_id, size, count(*) FROM snapshots"
+            " GROUP BY assignment_id, size ORDER BY 1, 2",
+            "SELECT assignment_id, size, snapshots FROM snapshot_size_counts ORDER BY 1, 2",
+        ),
+    ]
 
     def check() -> None:
         with engine.connect() as conn:
-            want = [tuple(r) for r in conn.execute(text(truth))]
-            got = [tuple(r) for r in conn.execute(text(kept))]
-        assert got == want
+            for truth, kept in pairs:
+                want = [tuple(r) for r in conn.execute(text(truth))]
+                got = [tuple(r) for r in conn.execute(text(kept))]
+                assert got == want
+                assert want
 
     check()
     with engine.begin() as conn:
@@ -774,3 +782,11 @@ def test_student_stats_follow_snapshot_inserts_deletes_updates(
             text("UPDATE snapshots SET size = size + 1, ts_us = ts_us + 5 WHERE id % 5 = 1")
         )
     check()
+    # and the percentiles answer from the counts as from the rows left
+    with engine.connect() as conn:
+        left = sorted(r[0] for r in conn.execute(text("SELECT size FROM snapshots")))
+    got = client.get("/api/assignment/os-1/hw1", headers=reader_headers).json()
+    assert (got["percentile_90"], got["percentile_50"]) == (
+        left[math.ceil(0.9 * len(left)) - 1],
+        left[math.ceil(0.5 * len(left)) - 1],
+    )

@@ -143,3 +143,63 @@ def test_0008_keeps_rows_indexes_and_triggers(empty_db_url: str) -> None:
             conn.execute(text("INSERT INTO events VALUES ('e1', 'file.snapshot', 2)"))
     finally:
         engine.dispose()
+
+
+def test_0010_backfills_size_counts_and_downgrades(empty_db_url: str) -> None:
+    """0009 -> 0010 on a database with snapshots: the per-size counts are backfilled, a
+    DELETE and an UPDATE keep them (triggers), and 0010 -> 0009 brings the index back."""
+    from alembic import command
+    from sqlalchemy import text
+
+    engine = make_engine(empty_db_url)
+    counts = "SELECT size, snapshots FROM snapshot_size_counts ORDER BY size"
+
+    def to(rev: str, down: bool = False) -> None:
+        with engine.begin() as conn:
+            cfg = alembic_config(engine)
+            cfg.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(cfg, rev)
+
+    try:
+        to("0009")
+        with engine.begin() as conn:
+            x = conn.execute
+            x(text("INSERT INTO classes (class_div, subject, division) VALUES ('c-1', 'c', '1')"))
+            x(text("INSERT INTO students (class_id, student_id) VALUES (1, 's1')"))
+            x(text("INSERT INTO assignments (class_id, name) VALUES (1, 'hw')"))
+            x(
+                text(
+                    "INSERT INTO files (student_pk, assignment_id, path, compat_name, created_us,"
+                    " deleted, last_sha256) VALUES (1, 1, 'a.c', 'a.c', 1, false, NULL)"
+                )
+            )
+            for i, size in enumerate((10, 10, 30), start=1):
+                x(
+                    text(
+                        "INSERT INTO snapshots (id, event_id, file_id, student_pk, assignment_id,"
+                        " ts_us, size, sha256, source, reconciled, too_large, node, received_us)"
+                        " VALUES (:i, :e, 1, 1, 1, :i, :s, NULL, 'compat', false, false, '', 1)"
+                    ),
+                    {"i": i, "e": f"e{i}", "s": size},
+                )
+        to("0010")
+        with engine.begin() as conn:
+            assert conn.execute(text(counts)).all() == [(10, 2), (30, 1)]
+            conn.execute(text("DELETE FROM snapshots WHERE id = 3"))
+            conn.execute(text("UPDATE snapshots SET size = 20 WHERE id = 1"))
+            assert conn.execute(text(counts)).all() == [(10, 1), (20, 1)]
+        assert "ix_snapshots_asg_size" not in {
+            i["name"] for i in inspect(engine).get_indexes("snapshots")
+        }
+        to("0009", down=True)
+        assert "snapshot_size_counts" not in inspect(engine).get_table_names()
+        assert "ix_snapshots_asg_size" in {
+            i["name"] for i in inspect(engine).get_indexes("snapshots")
+        }
+        with engine.begin() as conn:  # no trigger left behind on snapshots
+            conn.execute(text("DELETE FROM snapshots WHERE id = 2"))
+        to("head")
+        with engine.connect() as conn:
+            assert conn.execute(text(counts)).all() == [(20, 1)]
+    finally:
+        engine.dispose()

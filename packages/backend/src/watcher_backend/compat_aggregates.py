@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel
-from sqlalchemy import Connection, Float, cast, exists, func, or_, select
+from sqlalchemy import Connection, Float, case, cast, exists, func, or_, select
 
 from watcher_backend import lookup
 from watcher_backend.auth import require_reader
@@ -29,6 +29,7 @@ from watcher_backend.db.models import (
     SnapshotRow,
     StudentRow,
 )
+from watcher_backend.db.models import SnapshotSizeCount as Sizes
 from watcher_common.timeutil import kst_compact, to_us
 
 router = APIRouter(tags=["compat"], dependencies=[Depends(require_reader)])
@@ -71,22 +72,23 @@ def nearest_rank_offset(count: int, pct: int) -> int:
 
 
 def percentiles(conn: Connection, asg: int, count: int) -> tuple[int, int]:
-    """(p90, p50) of the assignment's snapshot sizes in one statement: each is an
-    ORDER BY size OFFSET k LIMIT 1 walk of the (assignment_id, size) index, so only two
-    values leave the database. Ranks above the middle are walked from the largest size
-    down (p90 steps over 10% of the index, not 90%)."""
+    """(p90, p50) of the assignment's snapshot sizes in one statement: a running sum of
+    ``snapshot_size_counts`` (snapshots per distinct size, migration 0010) in size order;
+    each percentile is the first size whose running count passes its nearest-rank
+    offset. ``count`` is the assignment's number of snapshots (the stats' sum, kept in
+    the same transactions as the size counts)."""
+    running = (
+        select(
+            Sizes.size,
+            func.sum(Sizes.snapshots).over(order_by=Sizes.size, rows=(None, 0)).label("upto"),
+        )
+        .where(Sizes.assignment_id == asg)
+        .subquery()
+    )
 
     def at(pct: int) -> Any:
         offset = nearest_rank_offset(count, pct)
-        from_top = offset >= count // 2
-        return (
-            select(SnapshotRow.size)
-            .where(SnapshotRow.assignment_id == asg)
-            .order_by(SnapshotRow.size.desc() if from_top else SnapshotRow.size)
-            .offset(count - 1 - offset if from_top else offset)
-            .limit(1)
-            .scalar_subquery()
-        )
+        return func.min(case((running.c.upto > offset, running.c.size)))
 
     p90, p50 = conn.execute(select(at(90), at(50))).one()
     return int(p90), int(p50)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -191,6 +192,11 @@ INS_STATS = {
     "sqlite": _INS_STATS.format(greatest="max"),
     "postgresql": _INS_STATS.format(greatest="GREATEST"),
 }
+# snapshots per (assignment, size), for the compat percentiles (migration 0010)
+INS_SIZES = (
+    "INSERT INTO snapshot_size_counts AS c (assignment_id, size, snapshots) VALUES (?, ?, ?) "
+    "ON CONFLICT (assignment_id, size) DO UPDATE SET snapshots = c.snapshots + excluded.snapshots"
+)
 INS_RUN_SOURCE = "INSERT INTO run_sources (run_id, path, sha256, size) VALUES (?, ?, ?, ?)"
 INS_CELL = (
     "INSERT INTO notebook_cells (event_id, student_pk, assignment_id, notebook, ts_us, "
@@ -330,6 +336,8 @@ class _Batch:
         self.dirty: dict[int, FileState] = {}  # files whose state changed, by id
         # (assignment, student) -> [snapshots, size sum, latest ts] added by this batch
         self.stats: dict[tuple[int, int], list[int]] = {}
+        # (assignment, size) -> snapshots of that size added by this batch
+        self.sizes: Counter[tuple[int, int]] = Counter()
         self.snapshot_ids: Iterator[int] = iter(())
         self.run_ids: Iterator[int] = iter(())
 
@@ -503,6 +511,7 @@ class _Batch:
             totals[1] += size
             if ts > totals[2]:
                 totals[2] = ts
+        self.sizes[(aid, size)] += 1
         sid = next(self.snapshot_ids)
         # No file_events row: the snapshot is the create/modify record (migration 0008).
         self.snapshots.append(
@@ -627,6 +636,7 @@ class _Batch:
             raw.insert_many(
                 INS_STATS[raw.dialect], [(a, s, *t) for (a, s), t in self.stats.items()]
             )
+            raw.insert_many(INS_SIZES, [(a, size, n) for (a, size), n in self.sizes.items()])
         if self.file_events:
             raw.insert_many(INS_FILE_EVENT, self.file_events)
         if self.runs:

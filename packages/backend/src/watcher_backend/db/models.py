@@ -116,9 +116,8 @@ class SnapshotRow(Base):
             "size",
         ),
         Index("ix_snapshots_asg_ts", "assignment_id", "ts_us"),
-        # nearest-rank percentiles walk sizes in order instead of sorting (migration 0002)
-        Index("ix_snapshots_asg_size", "assignment_id", "size"),
-        # no index on sha256: random keys cost ingest a page write per event (0009)
+        # no (assignment, size) index: percentiles read SnapshotSizeCount (0010); no index
+        # on sha256: random keys cost ingest a page write per event (0009)
     )
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     # not UNIQUE: ``events`` already holds every stored id once (0008)
@@ -247,6 +246,22 @@ class AssignmentStudentStatsRow(Base):
     snapshots: Mapped[int] = mapped_column(BigInteger)
     size_sum: Mapped[int] = mapped_column(BigInteger)
     last_ts_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class SnapshotSizeCount(Base):
+    """How many snapshots of an assignment have each size: nearest-rank percentiles are a
+    running sum over an assignment's rows (compat aggregate).
+
+    Kept like ``AssignmentStudentStats``: inserts by the ingest writer (one aggregated
+    upsert per (assignment, size) per batch, ``store.INS_SIZES``), deletes and updates of
+    snapshots by triggers (migration 0010). A row exists only while its count is > 0.
+    """
+
+    __tablename__ = "snapshot_size_counts"
+    __table_args__ = {"sqlite_with_rowid": False}  # noqa: RUF012 - SQLAlchemy reads it
+    assignment_id: Mapped[int] = mapped_column(ForeignKey("assignments.id"), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    snapshots: Mapped[int] = mapped_column(BigInteger)
 
 
 class AnalyticsCacheRow(Base):
