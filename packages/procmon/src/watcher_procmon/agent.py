@@ -31,7 +31,7 @@ from watcher_procmon.events import ExecEvent, ExitEvent, StderrEvent
 from watcher_procmon.metrics import ProcmonMetrics, process_name
 from watcher_procmon.mntns import Namespaces
 from watcher_procmon.records import BootClock, Pairer, ProcessRecord
-from watcher_procmon.sources import SourceRead, capture_sources, container_path
+from watcher_procmon.sources import VIAS, SourceRead, capture_sources, container_path
 from watcher_procmon.to_wire import Origin, origin, process_run, process_run_encoded, snapshot
 
 log = logging.getLogger("watcher_procmon.agent")
@@ -155,6 +155,7 @@ class Pipeline:
         # per-label children looked up once: .labels() hashes and locks on every call
         m = self.metrics
         self._hashed = m.sources.labels(outcome="hashed")
+        self._via = {v: m.source_capture.labels(via=v) for v in VIAS}
         self._drop_invalid = m.dropped.labels(reason="invalid")
         self._drop_child = m.dropped.labels(reason="build_child")
         self._drop_not_student = m.dropped.labels(reason="not_student")
@@ -180,13 +181,13 @@ class Pipeline:
                 return
         if isinstance(ev, ExecEvent) and ev.build_tgid and ev.build_tgid != ev.tgid:
             # A compiler's pass (cc1, as, collect2, ld): two thirds of a build's processes.
-            # Nothing of it is sent, so it is not classified, attributed or paired; only
-            # the program it replaces (if any) ends, and it stands in for its namespace.
+            # Nothing of it is sent, so it is not classified, attributed or paired (nor
+            # kept as a stand-in of its namespace: its driver is one, and lives longer);
+            # only the program it replaces in its pid, if any, ends.
             rec = self.pairer.replace(ev.tgid, ev.ts_ns)
             if rec is not None:
                 self._on_record(rec)
             self._children.add(ev.tgid)
-            self.namespaces.exec(ev)
             return
         # first: an exec may complete the previous program of the same pid
         rec = self.pairer.feed(ev)
@@ -295,7 +296,7 @@ class Pipeline:
                 peers=self.namespaces.peers(ev.mntns),
                 proc=self.proc,
             )
-            self.metrics.source_capture.labels(via=via).inc()
+            self._via[via].inc()
             if via in ("peer", "missing"):
                 self.namespaces.prune(ev.mntns)  # the peers tried first may be long gone
             self._snapshots(ev, org, reads)

@@ -45,8 +45,8 @@ HEALTH_CHECK_S = 5.0
 DROP_CLEAR_S = 60.0  # ring buffer drops mark the agent degraded this long
 DEFAULT_NICE = 10  # a build on a busy node waits less for the agent's bookkeeping
 # see TracerLoop: exec -> outbox grows by up to HOLD_S + GAP_S (target p99 <= 100 ms)
-HOLD_S = 0.025
-GAP_S = 0.02
+HOLD_S = 0.03
+GAP_S = 0.03
 
 ENV_HELP = """environment:
   STATE_DIR                         durable state; outbox at STATE_DIR/outbox.db
@@ -168,9 +168,12 @@ class TracerLoop:
             timeout = min(timeout, math.ceil(due * 1e3))
         t0 = time.monotonic()
         events = self.tracer.read_events(timeout)
-        woken = (time.monotonic() - t0) * 1e3 < timeout - 1  # by a record, not the timer
-        # a burst (woken reads) holds its writes; the periodic poll writes at once
-        self.pipeline.feed_many(events, self.hold_s if woken else 0.0)
+        waited_ms = (time.monotonic() - t0) * 1e3
+        woken = waited_ms < timeout - 1  # by a record, not the timer
+        # Records already there when the read began (after a gap): a burst, whose writes
+        # wait for its next reads. A read that waited for its record (a lone compile or
+        # run) and the periodic poll write at once.
+        self.pipeline.feed_many(events, self.hold_s if waited_ms < 1 else 0.0)
         if events and woken and self.gap_s:
             time.sleep(self.gap_s)
         return len(events)
