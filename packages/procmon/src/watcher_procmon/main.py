@@ -44,7 +44,7 @@ SHUTDOWN_BUDGET_S = 4.5  # SIGTERM -> exit within 5 s
 HEALTH_CHECK_S = 5.0
 DROP_CLEAR_S = 60.0  # ring buffer drops mark the agent degraded this long
 DEFAULT_NICE = 10  # a build on a busy node waits less for the agent's bookkeeping
-# see TracerLoop: exec -> outbox grows by up to HOLD_S + GAP_S (target p99 <= 100 ms)
+# see TracerLoop: in a burst, exec -> outbox grows by up to GAP_S + HOLD_S (p99 <= 100 ms)
 HOLD_S = 0.03
 GAP_S = 0.03
 
@@ -132,10 +132,14 @@ class TracerLoop:
     A build wakes the reader for every compiler (capture-on-exec must read the sources
     while the compiler lives), i.e. every few milliseconds, and each read cost a cold
     start of the whole pipeline and an outbox transaction: the CPU a build lost to the
-    agent. So the write of a read waits up to ``hold_s`` for later reads (one transaction
-    for several compiles), and after a read with records the next one waits ``gap_s``
-    (records, and wakeups, of that burst pile up in the ring buffer meanwhile; a compiler
-    that exits in between is read through its parent or a peer, see sources.py)."""
+    agent. So after a read the reader woke for, the next one waits ``gap_s`` (records, and
+    wakeups, of that burst pile up in the ring buffer meanwhile; a compiler that exits in
+    between is read through its parent or a peer, see sources.py), and the write of a
+    read that found its records already waiting (a burst) waits up to ``hold_s`` for the
+    next reads: one transaction for several compiles. A lone exec is read and written at
+    once, as is whatever the periodic poll finds (a steady load gets no extra wakeups).
+    A held record is in the agent's memory only, like one waiting for the periodic poll
+    in the ring buffer: a crash loses it either way."""
 
     def __init__(
         self,
