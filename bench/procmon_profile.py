@@ -10,8 +10,9 @@ raw records captured live are then decoded and fed again this many times (fresh 
 and outbox each, same batches) without the kernel, the CPU per exec+exit printed for each
 (steadier than the live figure on a shared machine). BENCH_PM_PROF_BUILD=N: instead of the
 generator, N builds of bench j's generated C project (``make -B -j<nproc>``) in the
-container, one after another; the thread CPU per build is printed for each (the first
-includes first-use costs) and the profile covers all of them.
+container, one after another; the figures "per exec" are then per build. The records
+are read by the agent's own ``TracerLoop.step`` (BENCH_PM_PROF_HOLD_MS / _GAP_MS override
+its hold and gap); BENCH_PM_PROF_TIMER=cpu profiles thread CPU time, not wall time.
 """
 
 from __future__ import annotations
