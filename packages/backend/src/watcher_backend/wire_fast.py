@@ -72,7 +72,13 @@ def _chars_ok(value: str, allowed: str) -> bool:
 
 
 class _FastEvent(
-    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", kw_only=True
+    msgspec.Struct,
+    frozen=True,
+    forbid_unknown_fields=True,
+    tag_field="kind",
+    kw_only=True,
+    # not tracked by the cyclic GC: only str/bytes/int/bool/datetime fields, no cycles
+    gc=False,
 ):
     event_id: EventId
     agent: Annotated[str, Meta(max_length=64)]
@@ -149,7 +155,9 @@ def decode_batch(body: bytes) -> list[FastEvent] | None:
     """The batch's events if every one passes the narrow mirrors, else None (use pydantic)."""
     if _LONG_FRACTION.search(body) is not None:
         return None
-    if b"\\u00" in body and _ESCAPED_DIGIT_OR_DOT.search(body) is not None:
+    # a backslash first: memchr for a byte JSON rarely holds (``b"\\u00" in body`` was
+    # ~0.6 ms per 500-event body: its search skips on "0", which base64 is full of)
+    if b"\\" in body and _ESCAPED_DIGIT_OR_DOT.search(body) is not None:
         return None
     try:
         return _DECODER.decode(body).events
