@@ -28,6 +28,7 @@ from watcher_backend.db.models import (
     SnapshotRow,
     StudentRow,
 )
+from watcher_backend.db.models import SnapshotSizeCount as Sizes
 from watcher_common.timeutil import kst_compact, to_us
 
 router = APIRouter(tags=["compat"], dependencies=[Depends(require_reader)])
@@ -69,13 +70,19 @@ def nearest_rank_offset(count: int, pct: int) -> int:
     return max(1, math.ceil(pct * count / 100)) - 1
 
 
-def percentiles(conn: Connection, asg: int, count: int) -> tuple[int, int]:
+def percentiles(conn: Connection, asg: int) -> tuple[int, int] | tuple[None, None]:
     """(p90, p50) of the assignment's snapshot sizes, from ``snapshot_size_counts``
     (snapshots per distinct size, migration 0010): each percentile walks the counts in
     size order from the nearer end until the running count passes its nearest-rank
-    offset, so p90 reads ~10 % of an assignment's distinct sizes and p50 ~half.
-    ``count`` is the assignment's number of snapshots (the stats' sum, kept in the same
-    transactions as the size counts)."""
+    offset, so p90 reads ~10 % of an assignment's distinct sizes and p50 ~half. The
+    total is the counts' own sum, so the walk always ends on a size."""
+    count = int(
+        conn.execute(
+            select(func.coalesce(func.sum(Sizes.snapshots), 0)).where(Sizes.assignment_id == asg)
+        ).scalar_one()
+    )
+    if not count:
+        return None, None
     return _size_at(conn, asg, count, 90), _size_at(conn, asg, count, 50)
 
 
@@ -103,7 +110,7 @@ def _size_at(conn: Connection, asg: int, count: int, pct: int) -> int:
                     return int(size)
     finally:
         cur.close()
-    raise LookupError(f"size counts of assignment {asg} hold fewer than {count} snapshots")
+    raise AssertionError("unreachable: count is the sum of the rows walked")
 
 
 def top_students(conn: Connection, asg: int) -> list[TopStudent]:
@@ -181,7 +188,7 @@ def get_assignment_summary(request: Request, class_div: str, hw_name: str) -> As
         if not students:
             return empty
         total = int(total)
-        p90, p50 = percentiles(conn, asg, total)
+        p90, p50 = percentiles(conn, asg)
         return AssignmentSummary(
             percentile_90=p90,
             percentile_50=p50,
