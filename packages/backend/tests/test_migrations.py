@@ -6,7 +6,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import Connection, inspect, text
 
 from watcher_backend.db.engine import alembic_config, make_engine, migrate
 from watcher_backend.db.models import Base
@@ -60,6 +60,20 @@ def test_postgres_url_gets_psycopg_driver() -> None:
     assert normalize_url("sqlite:///x.db").drivername == "sqlite"
 
 
+def _one_student_file(conn: Connection) -> None:
+    """Class 1, student 1, assignment 1 and its file 1 (``a.c``), for rows that need them."""
+    x = conn.execute
+    x(text("INSERT INTO classes (class_div, subject, division) VALUES ('c-1', 'c', '1')"))
+    x(text("INSERT INTO students (class_id, student_id) VALUES (1, 's1')"))
+    x(text("INSERT INTO assignments (class_id, name) VALUES (1, 'hw')"))
+    x(
+        text(
+            "INSERT INTO files (student_pk, assignment_id, path, compat_name, created_us,"
+            " deleted, last_sha256) VALUES (1, 1, 'a.c', 'a.c', 1, false, NULL)"
+        )
+    )
+
+
 def test_0008_keeps_rows_indexes_and_triggers(empty_db_url: str) -> None:
     """0007 -> 0008 on a database with data: rows copied, create/modify file_events gone,
     snapshot indexes and the stats triggers still there (a DELETE still updates stats),
@@ -76,15 +90,7 @@ def test_0008_keeps_rows_indexes_and_triggers(empty_db_url: str) -> None:
             command.upgrade(cfg, "0007")
         with engine.begin() as conn:
             x = conn.execute
-            x(text("INSERT INTO classes (class_div, subject, division) VALUES ('c-1', 'c', '1')"))
-            x(text("INSERT INTO students (class_id, student_id) VALUES (1, 's1')"))
-            x(text("INSERT INTO assignments (class_id, name) VALUES (1, 'hw')"))
-            x(
-                text(
-                    "INSERT INTO files (student_pk, assignment_id, path, compat_name, created_us,"
-                    " deleted, last_sha256) VALUES (1, 1, 'a.c', 'a.c', 1, false, NULL)"
-                )
-            )
+            _one_student_file(conn)
             for i in (1, 2):
                 x(
                     text(
@@ -164,15 +170,7 @@ def test_0010_backfills_size_counts_and_downgrades(empty_db_url: str) -> None:
         to("0009")
         with engine.begin() as conn:
             x = conn.execute
-            x(text("INSERT INTO classes (class_div, subject, division) VALUES ('c-1', 'c', '1')"))
-            x(text("INSERT INTO students (class_id, student_id) VALUES (1, 's1')"))
-            x(text("INSERT INTO assignments (class_id, name) VALUES (1, 'hw')"))
-            x(
-                text(
-                    "INSERT INTO files (student_pk, assignment_id, path, compat_name, created_us,"
-                    " deleted, last_sha256) VALUES (1, 1, 'a.c', 'a.c', 1, false, NULL)"
-                )
-            )
+            _one_student_file(conn)
             for i, size in enumerate((10, 10, 30), start=1):
                 x(
                     text(
