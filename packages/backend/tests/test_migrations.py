@@ -79,7 +79,6 @@ def test_0008_keeps_rows_indexes_and_triggers(empty_db_url: str) -> None:
     snapshot indexes and the stats triggers still there (a DELETE still updates stats),
     ``events`` WITHOUT ROWID on SQLite and still rejecting a second copy of an id."""
     from alembic import command
-    from sqlalchemy import text
     from sqlalchemy.exc import IntegrityError
 
     engine = make_engine(empty_db_url)
@@ -155,7 +154,6 @@ def test_0010_backfills_size_counts_and_downgrades(empty_db_url: str) -> None:
     """0009 -> 0010 on a database with snapshots: the per-size counts are backfilled, a
     DELETE and an UPDATE keep them (triggers), and 0010 -> 0009 brings the index back."""
     from alembic import command
-    from sqlalchemy import text
 
     engine = make_engine(empty_db_url)
     counts = "SELECT size, snapshots FROM snapshot_size_counts ORDER BY size"
