@@ -8,6 +8,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 from prometheus_client import CollectorRegistry
 
@@ -231,4 +232,35 @@ def test_build_children_end_without_a_run(tmp_path: Path) -> None:
     pipe.flush()  # still running at shutdown: no run either
     assert metrics.dropped.labels(reason="build_child")._value.get() == 3 and pipe.runs == 2
     pipe.close()
+    outbox.close()
+
+
+class _FailingTracer:
+    """Hands out one read, then fails as a broken ring buffer would."""
+
+    class config:  # the attribute TracerLoop reads
+        poll_ms = 50
+
+    def __init__(self, first: list[Event]) -> None:
+        self.reads = [first]
+
+    def read_events(self, timeout_ms: int | None = None) -> list[Event]:
+        if not self.reads:
+            raise RuntimeError("ring buffer gone")
+        return self.reads.pop()
+
+    def counters(self) -> SimpleNamespace:
+        return SimpleNamespace(dropped=0)
+
+
+def test_a_failing_reader_still_writes_what_it_held(tmp_path: Path) -> None:
+    from watcher_procmon.main import TracerLoop
+
+    outbox = Outbox(tmp_path / "outbox.db")
+    pipe = Pipeline(outbox, metrics=ProcmonMetrics(CollectorRegistry()))
+    loop = TracerLoop(_FailingTracer(_runs(3)), pipe, None, hold_s=60, gap_s=0)  # type: ignore[arg-type]
+    loop.start()
+    loop.stop(5)
+    assert isinstance(loop.error, RuntimeError)
+    assert _pids(outbox) == [1000, 1001, 1002] and pipe.runs == 3
     outbox.close()

@@ -196,6 +196,10 @@ class TracerLoop:
         except BaseException as exc:  # surfaced by stop(); the agent exits non-zero
             self.error = exc
             log.exception("tracer loop failed")
+            try:
+                self.pipeline.commit()  # what earlier reads hold is still written
+            except Exception:
+                log.exception("held records could not be written")
         finally:
             self.pipeline.close()
 
