@@ -4,6 +4,8 @@ event does; values outside its checks fall back (None) to the model path."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -11,15 +13,29 @@ from pathlib import Path
 
 import pytest
 
-from watcher_common.identity import Workspace
-from watcher_common.outbox import Outbox
-from watcher_common.wire import MAX_ARGV_ITEMS, ProcessRun, dump_event, parse_event
+from watcher_common.identity import DEFAULT, Workspace
+from watcher_common.outbox import Outbox, prepare_event
+from watcher_common.wire import (
+    MAX_ARGV_ITEMS,
+    MAX_INLINE_CONTENT,
+    FileSnapshot,
+    ProcessRun,
+    dump_event,
+    parse_event,
+)
 from watcher_procmon.agent import Pipeline
 from watcher_procmon.classify import classify
 from watcher_procmon.events import ExecEvent, ExitEvent
 from watcher_procmon.records import ProcessRecord
 from watcher_procmon.sources import SourceRead
-from watcher_procmon.to_wire import Origin, process_run, process_run_encoded
+from watcher_procmon.to_wire import (
+    Origin,
+    process_run,
+    process_run_encoded,
+    snapshot,
+    snapshot_encoded,
+    snapshot_target,
+)
 
 WS = Workspace("os", "1", "202012345")
 T0 = datetime(2026, 11, 26, 20, 0, 0, 123456, tzinfo=UTC)
@@ -193,3 +209,53 @@ def test_pipeline_stores_encoded_runs_that_validate(tmp_path: Path) -> None:
         assert {q.event_id for q in queued} == {r.event_id for r in runs}
     finally:
         box.close()
+
+
+def _read(path: str, data: bytes, mtime_ns: int | None) -> SourceRead:
+    return SourceRead(path, "ok", hashlib.sha256(data).hexdigest(), len(data), data, mtime_ns)
+
+
+HW1 = "/home/coder/project/hw1"
+SNAPSHOTS = {
+    "plain": (f"{HW1}/main.c", b"int main(void) { return 0; }\n", 1_700_000_000_123_456_789),
+    "no mtime": (f"{HW1}/a.c", b"x", None),
+    "whole-second mtime": (f"{HW1}/a.c", b"x", 1_700_000_000_000_000_000),
+    "quotes, unicode, nested": (f'{HW1}/sub/"é\\x".py', "print('ü')\n".encode(), 5),
+    "empty file": (f"{HW1}/empty.c", b"", 1),
+    "at the inline cap": (f"{HW1}/big.c", b"a" * MAX_INLINE_CONTENT, 1),
+}
+
+
+@pytest.mark.parametrize("case", list(SNAPSHOTS))
+def test_encoded_snapshot_is_what_the_outbox_stores_for_the_model(case: str) -> None:
+    path, data, mtime_ns = SNAPSHOTS[case]
+    read = _read(path, data, mtime_ns)
+    org = Origin(WS, "hw1", False)
+    target = snapshot_target(read, org, DEFAULT)
+    assert target is not None
+    enc = snapshot_encoded(read, org, target, T0, "node-1", "1.2.3")
+    assert enc is not None and enc.kind == "file.snapshot"
+    model = snapshot(read, org, T0, "node-1", "1.2.3", DEFAULT)
+    assert model is not None
+    stored, blob = prepare_event(model.model_copy(update={"event_id": enc.event_id}), data)
+    assert blob is None
+    got = json.loads(enc.body)
+    assert got == json.loads(stored.model_dump_json(exclude_none=True))
+    parsed = parse_event(got)
+    assert isinstance(parsed, FileSnapshot) and base64.b64decode(parsed.content_b64 or "") == data
+
+
+def test_snapshots_outside_the_checks_take_the_model_path() -> None:
+    org = Origin(WS, "hw1", False)
+    big = _read("/home/coder/project/hw1/big.c", b"a" * (MAX_INLINE_CONTENT + 1), 1)
+    weird = _read("/home/coder/project/hw1/\udcff.c", b"x", 1)  # undecodable byte
+    for read in (big, weird, replace(big, content=None), replace(weird, size=5)):
+        target = snapshot_target(read, org, DEFAULT)
+        assert target is not None
+        assert snapshot_encoded(read, org, target, T0, "n", "1") is None, read.path
+    dotted = _read("/home/coder/project/hw1/x.c", b"x", 1)
+    target = snapshot_target(dotted, org, DEFAULT)
+    assert target is not None
+    assert snapshot_encoded(dotted, org, replace(target, path="a/../b"), T0, "n", "1") is None
+    binary = SourceRead("/home/coder/project/hw1/a.out", "binary", "ab" * 32, 3)
+    assert snapshot_target(binary, org, DEFAULT) is None

@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 
 from watcher_common.identity import DEFAULT, IdentityConfig, NotStudent, Workspace
 from watcher_common.outbox import EncodedEvent, OutboxFull
-from watcher_common.wire import Event, ProcessRun
+from watcher_common.wire import Event, FileSnapshot, ProcessRun
 from watcher_procmon.classify import Classification, classify
 from watcher_procmon.diagnostics import StderrCollector
 from watcher_procmon.events import Event as KernelEvent
@@ -32,7 +32,15 @@ from watcher_procmon.metrics import ProcmonMetrics, process_name
 from watcher_procmon.mntns import Namespaces
 from watcher_procmon.records import BootClock, Pairer, ProcessRecord
 from watcher_procmon.sources import VIAS, SourceRead, capture_sources, container_path
-from watcher_procmon.to_wire import Origin, origin, process_run, process_run_encoded, snapshot
+from watcher_procmon.to_wire import (
+    Origin,
+    origin,
+    process_run,
+    process_run_encoded,
+    snapshot,
+    snapshot_encoded,
+    snapshot_target,
+)
 
 log = logging.getLogger("watcher_procmon.agent")
 
@@ -330,18 +338,29 @@ class Pipeline:
                 self._hashed.inc()
             else:
                 self.metrics.sources.labels(outcome=r.status).inc()
-            try:
-                snap = snapshot(r, org, start, self.node, self.version, self.identity)
-            except ValueError:  # e.g. a name that is not valid UTF-8
-                self._drop_invalid.inc()
+            target = snapshot_target(r, org, self.identity)
+            if target is None:
                 continue
-            if snap is None:
-                continue
-            key = (snap.class_div, snap.student_id, snap.assignment, snap.path)
-            sha = snap.sha256 or ""
+            ws = org.workspace
+            key = (ws.class_div, ws.student_id, target.assignment, target.path)
+            sha = r.sha256 or ""
             if self._sent.get(key) == sha:
                 self._sent.move_to_end(key)
                 continue  # unchanged since we last sent it: the run's hash points at it
+            snap: FileSnapshot | EncodedEvent | None = None
+            content = r.content
+            if self._encoded is not None:
+                snap = snapshot_encoded(r, org, target, start, self.node, self.version)
+                if snap is not None:
+                    content = None  # inline in the body
+            if snap is None:
+                try:
+                    snap = snapshot(r, org, start, self.node, self.version, self.identity)
+                except ValueError:  # e.g. a name that is not valid UTF-8
+                    self._drop_invalid.inc()
+                    continue
+                if snap is None:
+                    continue
             # remembered at once, so a second compile in the same batch is not sent twice;
             # put back as it was if the outbox refuses it
             prev = self._sent.get(key)
@@ -349,7 +368,7 @@ class Pipeline:
             self._sent.move_to_end(key)
             if len(self._sent) > SNAPSHOT_MEMORY:
                 self._sent.popitem(last=False)
-            self._put(snap, r.content, self._count_snapshot, self._unsent(key, sha, prev))
+            self._put(snap, content, self._count_snapshot, self._unsent(key, sha, prev))
         if reads:
             ts = ev.ts_ns
             self._after(lambda: self.metrics.exec_to_outbox.observe(_since(ts)))

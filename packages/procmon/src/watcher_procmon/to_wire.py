@@ -10,6 +10,7 @@ assignment comes from the container-visible cwd, else the first source file. A
 
 from __future__ import annotations
 
+import base64
 import functools
 import re
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from watcher_common.identity import (
 from watcher_common.outbox import EncodedEvent
 from watcher_common.wire import (
     MAX_ARGV_ITEMS,
+    MAX_INLINE_CONTENT,
     FileSnapshot,
     ProcessRun,
     SourceFile,
@@ -100,6 +102,72 @@ def source_file(read: SourceRead, run_assignment: str | None, ident: IdentityCon
     )
 
 
+def snapshot_target(read: SourceRead, org: Origin, ident: IdentityConfig) -> ContainerPath | None:
+    """Where a read source is snapshotted (assignment, path below it); None for a file
+    outside every assignment, a binary, or one over the size cap."""
+    if read.status != "ok" or read.sha256 is None or read.size is None:
+        return None
+    parsed = _parse_path(read.path, ident, org.workspace)
+    if not isinstance(parsed, ContainerPath) or not parsed.path:
+        return None
+    return parsed
+
+
+def _rel_path_ok(path: str) -> bool:
+    # FileScoped's path rule (wire._check_rel_path) and length; anything else: the model
+    return (
+        1 <= len(path) <= _STR_MAX
+        and not path.startswith("/")
+        and "\x00" not in path
+        and all(p not in ("", ".", "..") for p in path.split("/"))
+    )
+
+
+def snapshot_encoded(
+    read: SourceRead,
+    org: Origin,
+    target: ContainerPath,
+    ts: datetime,
+    node: str,
+    version: str,
+) -> EncodedEvent | None:
+    """The FileSnapshot of a read source with its content inline, as the outbox would
+    store the model's (see prepare_event): the per-compile path skips pydantic. None when
+    the content needs a blob or a value is outside what this path checks (use the model)."""
+    ws = org.workspace
+    content = read.content
+    if (
+        content is None
+        or read.sha256 is None
+        or not _SHA256.fullmatch(read.sha256)
+        or len(content) > MAX_INLINE_CONTENT
+        or len(content) != read.size
+        or not _rel_path_ok(target.path)
+        or not 1 <= len(target.assignment) <= 128
+        or not 3 <= len(ws.class_div) <= 128
+        or not 1 <= len(ws.student_id) <= 64
+        or len(node) > 253
+        or len(version) > 64
+    ):
+        return None
+    event_id = new_event_id()
+    mtime = ""
+    if read.mtime_ns is not None:
+        mtime = f',"mtime":"{_iso(datetime.fromtimestamp(read.mtime_ns / 1e9, ts.tzinfo))}"'
+    body = (
+        f'{{"event_id":"{event_id}","node":{_s(node)},"agent":"{AGENT}",'
+        f'"agent_version":{_s(version)},"ts":"{_iso(ts)}","class_div":{_s(ws.class_div)},'
+        f'"student_id":{_s(ws.student_id)},"assignment":{_s(target.assignment)},'
+        f'"path":{_s(target.path)},"kind":"file.snapshot","sha256":"{read.sha256}",'
+        f'"size":{len(content)},"content_b64":"{base64.b64encode(content).decode("ascii")}"'
+        f'{mtime},"too_large":false,"reconciled":false,"source":"procmon"}}'
+    )
+    try:
+        return EncodedEvent(event_id, "file.snapshot", body.encode())
+    except UnicodeEncodeError:
+        return None  # lone surrogates (undecodable bytes): the model path decides
+
+
 def snapshot(
     read: SourceRead,
     org: Origin,
@@ -110,10 +178,8 @@ def snapshot(
 ) -> FileSnapshot | None:
     """The FileSnapshot for a read source (content goes to the outbox separately); None
     for a file outside every assignment, a binary, or one over the size cap."""
-    if read.status != "ok" or read.sha256 is None or read.size is None:
-        return None
-    parsed = _parse_path(read.path, ident, org.workspace)
-    if not isinstance(parsed, ContainerPath) or not parsed.path:
+    parsed = snapshot_target(read, org, ident)
+    if parsed is None or read.sha256 is None or read.size is None:
         return None
     mtime = None
     if read.mtime_ns is not None:
