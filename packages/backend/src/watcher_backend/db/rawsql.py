@@ -18,6 +18,7 @@ both. Row counts are split into powers of two, so each statement has at most 9 f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Connection
@@ -59,7 +60,7 @@ class RawSql:
         cur, n, k = self.cur, len(rows), 0
         while k < n:
             m = min(MAX_ROWS, 1 << ((n - k).bit_length() - 1))  # largest power of 2 that fits
-            cur.execute(self._multi(text, m), [v for row in rows[k : k + m] for v in row])
+            cur.execute(self._multi(text, m), list(chain.from_iterable(rows[k : k + m])))
             k += m
 
     def _multi(self, text: str, m: int) -> str:
