@@ -8,6 +8,11 @@ Concurrency 16 is issue #2's setup for all its measurements ("uvicorn 1 worker p
 one core, load generator on the other, concurrency 16, loopback"); until session 3 this
 benchmark used 4, so numbers before that are not comparable (4 gave ~20 % fewer
 events/s: smaller group commits write the same index pages more often).
+
+RUNS (3) whole runs, each on a fresh backend and database; the median run is reported and
+all are listed (on this VM, runs of the same code differ by up to ~30 %). Knobs:
+BENCH_INGEST_EVENTS (50000), BENCH_INGEST_BATCH (500), BENCH_INGEST_CONCURRENCY (16),
+BENCH_INGEST_RUNS (3).
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ from benchlib import (
 TOTAL = int(os.environ.get("BENCH_INGEST_EVENTS", "50000"))
 BATCH = int(os.environ.get("BENCH_INGEST_BATCH", "500"))
 CONCURRENCY = int(os.environ.get("BENCH_INGEST_CONCURRENCY", "16"))
+# whole runs on fresh backends; the median is reported
+RUNS = int(os.environ.get("BENCH_INGEST_RUNS", "3"))
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
 
@@ -98,6 +105,18 @@ async def send_all(be: Backend, bodies: list[bytes]) -> tuple[float, dict[str, i
         return time.perf_counter() - t0, counts, latencies
 
 
+def one_run(
+    bodies: list[bytes], warm: list[bytes]
+) -> tuple[float, dict[str, int], list[float], CpuMeter]:
+    """A fresh backend (new database): the warm-up batch, then every body, timed."""
+    with Backend("ingest") as be:
+        # warm-up: one batch of other events (route, schema, auth, DB creation)
+        asyncio.run(send_all(be, warm))
+        with CpuMeter(be.pid) as cpu:
+            seconds, counts, lat = asyncio.run(send_all(be, bodies))
+    return seconds, counts, lat, cpu
+
+
 def body(result: Result) -> None:
     if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > int(CLIENT_CPU):
         os.sched_setaffinity(0, {int(CLIENT_CPU)})
@@ -105,20 +124,25 @@ def body(result: Result) -> None:
     log(f"building {TOTAL:,} events in batches of {BATCH} ...")
     bodies = make_bodies(TOTAL, BATCH, run)
     log(f"{len(bodies)} request bodies, {sum(map(len, bodies)) / 1e6:.1f} MB in all")
-    with Backend("ingest") as be:
-        # warm-up: one batch of other events (route, schema, auth, DB creation)
-        warm = make_bodies(BATCH, BATCH, run + "w")
-        asyncio.run(send_all(be, warm))
-        with CpuMeter(be.pid) as cpu:
-            seconds, counts, lat = asyncio.run(send_all(be, bodies))
-        result.other_cpu_cores = round(cpu.other_cores, 2)
-        result.server_cpu_cores = round(cpu.server_cores, 2)
-    stored = counts.get("stored", 0)
-    eps = stored / seconds
+    warm = make_bodies(BATCH, BATCH, run + "w")
+    runs = []
+    for k in range(RUNS):
+        seconds, counts, lat, cpu = one_run(bodies, warm)
+        stored = counts.get("stored", 0)
+        if stored != TOTAL:
+            raise RuntimeError(f"only {stored} of {TOTAL} events stored: {counts}")
+        eps = stored / seconds
+        log(f"run {k + 1}/{RUNS}: {eps:,.0f} events/s")
+        runs.append((eps, seconds, counts, lat, cpu))
+    # the median run (by events/s) is the one reported
+    runs.sort(key=lambda r: r[0])
+    eps, seconds, counts, lat, cpu = runs[len(runs) // 2]
+    result.other_cpu_cores = round(cpu.other_cores, 2)
+    result.server_cpu_cores = round(cpu.server_cores, 2)
     lat.sort()
     result.metrics += [
         Metric(
-            "events stored per second",
+            "events stored per second (median run)",
             eps,
             "events/s",
             ">= 20,000",
@@ -133,12 +157,12 @@ def body(result: Result) -> None:
         Metric("batch latency p99", lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000, "ms"),
     ]
     result.notes.append(
-        f"{TOTAL:,} events, batches of {BATCH}, {CONCURRENCY} in flight, {seconds:.2f}s; "
-        f"results: {counts}"
+        f"{TOTAL:,} events, batches of {BATCH}, {CONCURRENCY} in flight; {RUNS} runs, each on a"
+        f" fresh backend and database: {[round(r[0]) for r in runs]} events/s (the median"
+        f" one is reported: {seconds:.2f}s, results {counts}); runs on this VM differ by up"
+        " to ~30 % with the same code"
     )
     result.notes.append("old system: no batched ingest existed (one HTTP request per event)")
-    if stored != TOTAL:
-        raise RuntimeError(f"only {stored} of {TOTAL} events stored: {counts}")
 
 
 if __name__ == "__main__":
