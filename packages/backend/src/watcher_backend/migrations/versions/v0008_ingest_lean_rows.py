@@ -100,6 +100,18 @@ def _parent_tables(md: sa.MetaData) -> None:
         sa.Table(name, md, sa.Column("id", sa.Integer(), primary_key=True))
 
 
+def _snapshots_table(md: sa.MetaData, *, unique_event_id: bool) -> sa.Table:
+    """The new ``snapshots`` for a SQLite rebuild: UNIQUE(event_id) only before 0008."""
+    return sa.Table(
+        "_snapshots_new",
+        md,
+        *_snapshot_columns(),
+        *(sa.ForeignKeyConstraint([c], [ref]) for c, ref in _SNAPSHOT_FKS),
+        sa.PrimaryKeyConstraint("id"),
+        *([sa.UniqueConstraint("event_id")] if unique_event_id else []),
+    )
+
+
 def upgrade() -> None:
     bind = op.get_bind()
     op.execute("DELETE FROM file_events WHERE op IN ('create', 'modify')")
@@ -112,16 +124,7 @@ def upgrade() -> None:
     md = sa.MetaData()
     _sqlite_rebuild("events", _events_table(md, with_rowid=False))
     _parent_tables(md)
-    _sqlite_rebuild(
-        "snapshots",
-        sa.Table(
-            "_snapshots_new",
-            md,
-            *_snapshot_columns(),
-            *(sa.ForeignKeyConstraint([c], [ref]) for c, ref in _SNAPSHOT_FKS),
-            sa.PrimaryKeyConstraint("id"),
-        ),
-    )
+    _sqlite_rebuild("snapshots", _snapshots_table(md, unique_event_id=False))
 
 
 def downgrade() -> None:
@@ -132,17 +135,7 @@ def downgrade() -> None:
         md = sa.MetaData()
         _sqlite_rebuild("events", _events_table(md, with_rowid=True))
         _parent_tables(md)
-        _sqlite_rebuild(
-            "snapshots",
-            sa.Table(
-                "_snapshots_new",
-                md,
-                *_snapshot_columns(),
-                *(sa.ForeignKeyConstraint([c], [ref]) for c, ref in _SNAPSHOT_FKS),
-                sa.PrimaryKeyConstraint("id"),
-                sa.UniqueConstraint("event_id"),
-            ),
-        )
+        _sqlite_rebuild("snapshots", _snapshots_table(md, unique_event_id=True))
     # The create/modify rows again, derived from the snapshots: 'create' for a file's
     # first snapshot or the first after a delete, else 'modify'.
     op.execute(
