@@ -29,6 +29,7 @@ from watcher_backend.db.models import (
     StudentRow,
 )
 from watcher_backend.db.models import SnapshotSizeCount as Sizes
+from watcher_backend.db.rawsql import RawSql
 from watcher_common.timeutil import kst_compact, to_us
 
 router = APIRouter(tags=["compat"], dependencies=[Depends(require_reader)])
@@ -83,33 +84,30 @@ def percentiles(conn: Connection, asg: int) -> tuple[int, int] | tuple[None, Non
     )
     if not count:
         return None, None
-    return _size_at(conn, asg, count, 90), _size_at(conn, asg, count, 50)
+    # On the driver's cursor: thousands of rows, SQLAlchemy's row objects cost ~half
+    raw = RawSql(conn)
+    try:
+        return _size_at(raw, asg, count, 90), _size_at(raw, asg, count, 50)
+    finally:
+        raw.cur.close()  # a walk stops early: do not leave its statement open
 
 
 _SIZES_UP = "SELECT size, snapshots FROM snapshot_size_counts WHERE assignment_id = ? ORDER BY size"
 _SIZES_DOWN = _SIZES_UP + " DESC"
 
 
-def _size_at(conn: Connection, asg: int, count: int, pct: int) -> int:
+def _size_at(raw: RawSql, asg: int, count: int, pct: int) -> int:
     offset = nearest_rank_offset(count, pct)
     from_top = offset >= count // 2
     if from_top:
         offset = count - 1 - offset
-    # On the driver's cursor: ~thousands of rows, SQLAlchemy's row objects cost ~half
-    cur = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        sql = _SIZES_DOWN if from_top else _SIZES_UP
-        if conn.dialect.name != "sqlite":
-            sql = sql.replace("?", "%s")
-        cur.execute(sql, (asg,))
-        seen = 0
-        while rows := cur.fetchmany(512):  # the walk stops at the percentile
-            for size, n in rows:
-                seen += n
-                if seen > offset:
-                    return int(size)
-    finally:
-        cur.close()
+    cur = raw.execute(_SIZES_DOWN if from_top else _SIZES_UP, (asg,))
+    seen = 0
+    while rows := cur.fetchmany(512):  # the walk stops at the percentile
+        for size, n in rows:
+            seen += n
+            if seen > offset:
+                return int(size)
     raise AssertionError("unreachable: count is the sum of the rows walked")
 
 
