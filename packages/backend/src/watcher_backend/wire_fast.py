@@ -35,7 +35,7 @@ from typing import Annotated, ClassVar, Literal
 import msgspec
 from msgspec import Meta
 
-from watcher_common.wire import MAX_INLINE_CONTENT
+from watcher_common.wire import MAX_INLINE_CONTENT, rel_path_ok
 
 _MAX_STR = 1_000_000  # wire._Model's str_max_length
 # pydantic: content_b64 max_length=(MAX_INLINE_CONTENT * 4) // 3 + 8 characters; strict
@@ -55,15 +55,6 @@ AssignmentName = Annotated[str, Meta(min_length=1, max_length=128)]
 RelPath = Annotated[str, Meta(min_length=1, max_length=4096)]
 AwareDatetime = Annotated[datetime, Meta(tz=True)]
 NonNegative = Annotated[int, Meta(ge=0)]
-
-
-def _rel_path_ok(value: str) -> bool:
-    # = wire._check_rel_path as a predicate (value is not empty: min_length=1)
-    if value[0] == "/" or value[-1] == "/" or "//" in value or "\x00" in value:
-        return False  # absolute, or an empty component
-    if value[0] != "." and "/." not in value:
-        return True  # no component starts with "." (the common case: no split)
-    return not any(p in (".", "..") for p in value.split("/"))
 
 
 def _chars_ok(value: str, allowed: str) -> bool:
@@ -93,7 +84,7 @@ class _FastEvent(
     def __post_init__(self) -> None:
         if not _chars_ok(self.event_id, _EVENT_ID_CHARS):
             raise ValueError("event_id has characters outside [A-Za-z0-9_.:-]")
-        if not _rel_path_ok(self.path):
+        if not rel_path_ok(self.path):
             raise ValueError("path must be a relative path without '', '.' or '..' parts")
 
 
@@ -129,7 +120,7 @@ class FastFileRename(_FastEvent, frozen=True, tag="file.rename"):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not _rel_path_ok(self.old_path):
+        if not rel_path_ok(self.old_path):
             raise ValueError("old_path must be a relative path without '', '.' or '..' parts")
         if self.sha256 is not None and not _chars_ok(self.sha256, _HEX):
             raise ValueError("sha256 must be 64 lowercase hex digits")

@@ -53,11 +53,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def rel_path_ok(value: str) -> bool:
+    """A path below the assignment: relative, no NUL, no empty, '.' or '..' component.
+
+    The one rule for every path of a file event (the wire model's validator, the
+    backend's msgspec first pass, procmon's directly encoded snapshots); the common case
+    (no component starts with '.') needs no split.
+    """
+    if not value or value[0] == "/" or value[-1] == "/" or "//" in value or "\x00" in value:
+        return False  # empty, absolute, NUL, or an empty component
+    if value[0] != "." and "/." not in value:
+        return True
+    return not any(p in (".", "..") for p in value.split("/"))
+
+
 def _check_rel_path(value: str) -> str:
     if value.startswith("/") or "\x00" in value:
         raise ValueError("path must be relative to the assignment directory and contain no NUL")
-    parts = value.split("/")
-    if any(p in ("", ".", "..") for p in parts):
+    if not rel_path_ok(value):
         raise ValueError("path must not contain empty, '.' or '..' components")
     return value
 

@@ -35,6 +35,7 @@ from watcher_common.wire import (
     ProcessRun,
     SourceFile,
     new_event_id,
+    rel_path_ok,
 )
 from watcher_procmon.classify import Classification
 from watcher_procmon.diagnostics import BuildOutput
@@ -114,13 +115,8 @@ def snapshot_target(read: SourceRead, org: Origin, ident: IdentityConfig) -> Con
 
 
 def _rel_path_ok(path: str) -> bool:
-    # FileScoped's path rule (wire._check_rel_path) and length; anything else: the model
-    return (
-        1 <= len(path) <= _STR_MAX
-        and not path.startswith("/")
-        and "\x00" not in path
-        and all(p not in ("", ".", "..") for p in path.split("/"))
-    )
+    # FileScoped's path rule and length; anything else: the model
+    return len(path) <= _STR_MAX and rel_path_ok(path)
 
 
 def snapshot_encoded(
