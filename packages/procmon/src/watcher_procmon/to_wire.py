@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from json.encoder import encode_basestring as _s
@@ -31,6 +30,7 @@ from watcher_common.outbox import EncodedEvent
 from watcher_common.wire import (
     MAX_ARGV_ITEMS,
     MAX_INLINE_CONTENT,
+    SHA256_RE,
     FileSnapshot,
     ProcessRun,
     SourceFile,
@@ -135,7 +135,7 @@ def snapshot_encoded(
     if (
         content is None
         or read.sha256 is None
-        or not _SHA256.fullmatch(read.sha256)
+        or not SHA256_RE.fullmatch(read.sha256)
         or len(content) > MAX_INLINE_CONTENT
         or len(content) != read.size
         or not _rel_path_ok(target.path)
@@ -258,7 +258,6 @@ def process_run(
 # such values (lengths) are done here, and anything else takes the model path.
 # test_to_wire.py checks the bodies against the model's own dump, field for field.
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _STR_MAX = 4096  # exe, filename, cwd, output_path (StringConstraints of ProcessRun)
 
 
@@ -280,7 +279,7 @@ def _source_files(
             return None
         item = f'{{"path":{_s(path)}'
         if read.sha256 is not None:
-            if not _SHA256.fullmatch(read.sha256):
+            if not SHA256_RE.fullmatch(read.sha256):
                 return None
             item += f',"sha256":"{read.sha256}"'
         if read.size is not None:
