@@ -6,6 +6,9 @@
  *                                 whose UTS nodename starts with config.prefix
  *   tp_btf/sched_process_exit  -> one pm_exit record when the last thread of a tracked
  *                                 thread group exits (group_dead)
+ *   A compiler's passes (cc1, as, collect2, ld: children of a captured process) are
+ *   folded: captured for their stderr, but neither exec nor exit record (counted as
+ *   exec_folded / exit_folded); userspace sends no run for them.
  *   tp/syscalls/sys_enter_write -> pm_stderr records: what compilers (and their children:
  *   (or tp_btf/sys_enter)          cc1, as, collect2, ld ...) write to fd 2, bounded per
  *                                  build. Loaded and attached only when userspace enables
@@ -636,18 +639,18 @@ static __always_inline int tool_class(struct pm_scratch *s, __u32 cpu, __u32 off
 
 /*
  * Decide whether this exec's stderr is captured: a child of a captured process belongs to
- * the same build; a compiler whose parent is not captured starts a build of its own.
- * Returns the build's tgid (0: not captured) and sets flags. The capture entry is written
- * here, its bit only once the exec record is out (the process cannot write before).
+ * the same build (`parent`: its build, 0: none); a compiler whose parent is not captured
+ * starts a build of its own. Returns the build's tgid (0: not captured) and sets flags.
+ * The capture entry is written here, its bit only once the exec record is out (the
+ * process cannot write before).
  */
-static __always_inline __u32 mark_capture(struct pm_counters *c, __u32 tgid, __u32 ppid,
+static __always_inline __u32 mark_capture(struct pm_counters *c, __u32 tgid, __u32 parent,
 					  int cls, __u32 *flags)
 {
-	__u32 build = 0;
+	__u32 build = parent;
 
 	if (!cfg.capture_stderr)
 		return 0;
-	build = capture_of(ppid);
 	if (!build && cls == PM_TOOL_COMPILER)
 		build = tgid;
 	if (!build)
@@ -671,6 +674,32 @@ full:
 	return 0;
 }
 
+/*
+ * A compiler's pass (cc1, as, collect2, ld: its parent is captured, `parent` is the build)
+ * in a pid that owes no exit record: captured for its stderr, which names the build, but
+ * no exec record now and no exit record at its end (PM_CAPTURED without PM_TRACKED):
+ * userspace sends no run for it. Most processes of a build are such passes. A pid that
+ * owes an exit (its earlier program was emitted) is emitted as before: that record ends
+ * the earlier program. Returns true when folded.
+ */
+static __always_inline bool fold_child(struct pm_counters *c, __u32 tgid, __u32 parent,
+				       __u64 *pw)
+{
+	/* only this tgid's exec and exit change its two bits, and not concurrently */
+	__u64 w = *pw;
+
+	if (w & PM_TRACKED(tgid))
+		return false;
+	if (bpf_map_update_elem(&capture, &tgid, &parent, BPF_ANY))
+		return false; /* the full path flags PM_F_CAPTURE_FULL */
+	if (!(w & PM_CAPTURED(tgid))) { /* else: a folded pass exec'd another (sh -> cc1) */
+		__sync_fetch_and_add(&n_captured, 1);
+		__sync_fetch_and_or(pw, PM_CAPTURED(tgid));
+	}
+	c->exec_folded++;
+	return true;
+}
+
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
 {
@@ -691,6 +720,15 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 		return 0;
 	}
 
+	__u32 tgid = task->tgid;
+	__u32 ppid = task->real_parent->tgid;
+	__u64 *pw = pid_word(tgid);
+	/* the parent's build: one load of n_captured while no build runs */
+	__u32 parent = cfg.capture_stderr ? capture_of(ppid) : 0;
+
+	if (parent && pw && fold_child(c, tgid, parent, pw))
+		return 0;
+
 	s = bpf_map_lookup_elem(&scratch, &cpu);
 	if (!s) {
 		c->exec_drop_scratch++;
@@ -701,13 +739,12 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 
 	__u64 now = bpf_ktime_get_boot_ns();
 	__u32 flags = 0, off = 0;
-	__u32 tgid = task->tgid;
 
 	e->hdr.type = PM_EV_EXEC;
 	e->hdr.version = PM_ABI_VERSION;
 	e->hdr.ts_ns = now;
 	e->tgid = tgid;
-	e->ppid = task->real_parent->tgid;
+	e->ppid = ppid;
 	e->uid = task->real_cred->uid.val;
 	e->gid = task->real_cred->gid.val;
 	e->cgroup_id = task->cgroups->dfl_cgrp->kn->id;
@@ -775,8 +812,6 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 			PM_F_CWD_TRUNC, PM_F_CWD_UNREACH, &unused);
 	e->cwd_len = off - mark;
 
-	__u64 *pw = pid_word(tgid);
-
 	if (!pw) {
 		flags |= PM_F_NOT_TRACKED;
 		c->exec_not_tracked++;
@@ -787,7 +822,7 @@ int BPF_PROG(handle_exec, struct task_struct *task, pid_t old_pid, struct linux_
 			__sync_fetch_and_add(&n_captured, -1);
 		uncapture(tgid);
 	}
-	__u32 build = mark_capture(c, tgid, e->ppid, cls, &flags);
+	__u32 build = mark_capture(c, tgid, parent, cls, &flags);
 
 	e->build_tgid = build;
 	e->flags = flags;
@@ -836,17 +871,23 @@ int BPF_PROG(handle_exit, struct task_struct *task, bool group_dead)
 	__u64 *pw = pid_word(tgid);
 	__u64 old;
 
-	/* a plain load first: the atomic is only for the few tracked tgids; it returns the bit
-	 * set to exactly one caller even if two exits raced */
-	if (!pw || !(*pw & PM_TRACKED(tgid)) ||
+	/* a plain load first: the atomic is only for the few tracked or captured tgids; it
+	 * returns the bits set to exactly one caller even if two exits raced */
+	if (!pw || !(*pw & (PM_TRACKED(tgid) | PM_CAPTURED(tgid))) ||
 	    !((old = __sync_fetch_and_and(pw, ~(PM_TRACKED(tgid) | PM_CAPTURED(tgid)))) &
-	      PM_TRACKED(tgid))) {
+	      (PM_TRACKED(tgid) | PM_CAPTURED(tgid)))) {
 		c->exit_filtered++;
 		return 0;
 	}
-	/* only tracked tgids can be captured: the rest of the node pays nothing for this */
+	/* only tracked or folded tgids can be captured: the rest of the node pays nothing */
 	if (old & PM_CAPTURED(tgid)) {
 		__sync_fetch_and_add(&n_captured, -1);
+		if (!(old & PM_TRACKED(tgid))) {
+			/* a folded compiler pass (see fold_child): never a driver, no record */
+			bpf_map_delete_elem(&capture, &tgid);
+			c->exit_folded++;
+			return 0;
+		}
 		uncapture(tgid);
 	}
 

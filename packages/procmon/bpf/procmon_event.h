@@ -15,7 +15,7 @@
 #include <linux/types.h> /* userspace: __u8 .. __u64; the BPF side gets them from vmlinux.h */
 #endif
 
-#define PM_ABI_VERSION 3
+#define PM_ABI_VERSION 4
 
 /* Sizes of the variable payload of an exec record. */
 #define PM_NODENAME_LEN 72 /* UTS nodename: 64 chars + NUL, padded to 8 */
@@ -161,8 +161,9 @@ struct pm_config {
 
 /*
  * In-kernel counters (per-CPU array, one entry; userspace sums the CPUs). At rest:
- *   exec_seen == exec_emitted + exec_filtered + exec_drop_ringbuf + exec_drop_scratch
- *   exit_seen == exit_emitted + exit_filtered + exit_drop_ringbuf
+ *   exec_seen == exec_emitted + exec_filtered + exec_folded + exec_drop_ringbuf
+ *                + exec_drop_scratch
+ *   exit_seen == exit_emitted + exit_filtered + exit_folded + exit_drop_ringbuf
  *   stderr_seen == stderr_emitted + stderr_drop_budget + stderr_drop_ringbuf + stderr_read_err
  * exec_read_err and exec_not_tracked count emitted records that carry an error flag.
  */
@@ -187,6 +188,13 @@ struct pm_counters {
 	__u64 stderr_drop_ringbuf; /* ring buffer full */
 	__u64 stderr_read_err;     /* reading the user buffer failed */
 	__u64 capture_full;        /* exec'd with PM_F_CAPTURE_FULL */
+	/*
+	 * A compiler's pass (cc1, as, collect2, ld ...: a child of a captured process, in a pid
+	 * that owes no exit) emits neither exec nor exit record: userspace sends no run for
+	 * it, and its stderr records name its build. Two thirds of a build's processes.
+	 */
+	__u64 exec_folded; /* such an exec: captured, nothing emitted */
+	__u64 exit_folded; /* the exit of such a process: nothing emitted */
 };
 
 _Static_assert(sizeof(struct pm_hdr) == 16, "pm_hdr size");
@@ -200,7 +208,7 @@ _Static_assert(__builtin_offsetof(struct pm_exec, nodename) == 88, "pm_exec.node
 _Static_assert(sizeof(struct pm_exit) == 32, "pm_exit size");
 _Static_assert(sizeof(struct pm_stderr) == 32, "pm_stderr size");
 _Static_assert(sizeof(struct pm_config) == 96, "pm_config size");
-_Static_assert(sizeof(struct pm_counters) == 18 * 8, "pm_counters size");
+_Static_assert(sizeof(struct pm_counters) == 20 * 8, "pm_counters size");
 _Static_assert(sizeof(struct pm_exec) % 8 == 0, "records stay 8-byte aligned");
 _Static_assert(PM_ARGV_MAX + PM_PATH_MAX + 2 * (PM_PATH_MAX + PM_NAME_MAX) < PM_DATA_MASK,
 	       "PM_DATA_MASK must be the identity on every reachable payload offset");

@@ -188,10 +188,11 @@ class Pipeline:
                 self.namespaces.exit(ev.tgid)
                 return
         if isinstance(ev, ExecEvent) and ev.build_tgid and ev.build_tgid != ev.tgid:
-            # A compiler's pass (cc1, as, collect2, ld): two thirds of a build's processes.
-            # Nothing of it is sent, so it is not classified, attributed or paired (nor
-            # kept as a stand-in of its namespace: its driver is one, and lives longer);
-            # only the program it replaces in its pid, if any, ends.
+            # A compiler's pass (cc1, as, collect2, ld) whose pid ran an earlier program:
+            # the kernel folds the others (no records at all). Nothing of it is sent, so
+            # it is not classified, attributed or paired (nor kept as a stand-in of its
+            # namespace: its driver is one, and lives longer); only the program it
+            # replaces in its pid ends.
             rec = self.pairer.replace(ev.tgid, ev.ts_ns)
             if rec is not None:
                 self._on_record(rec)

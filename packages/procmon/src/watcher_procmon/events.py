@@ -11,7 +11,7 @@ import ctypes
 import struct
 from dataclasses import dataclass
 
-ABI_VERSION = 3
+ABI_VERSION = 4
 
 NODENAME_LEN = 72
 PREFIX_MAX = 64
@@ -133,6 +133,8 @@ class PmCounters(ctypes.Structure):
         ("stderr_drop_ringbuf", _u64),
         ("stderr_read_err", _u64),
         ("capture_full", _u64),
+        ("exec_folded", _u64),
+        ("exit_folded", _u64),
     )
 
 

@@ -19,7 +19,10 @@ PROCESS_NAMES = (
 )  # fmt: skip
 DROP_REASONS = (
     "not_student",  # hostname matched the kernel prefix but is not a student container's
-    "build_child",  # cc1, as, ld ... of a build: folded into the driver's run
+    # cc1, as, ld ... of a build that the kernel still emitted (their pid owed an earlier
+    # program's exit): folded into the driver's run; most are folded in the kernel
+    # (watcher_procmon_kernel_events{outcome="folded"})
+    "build_child",
     "invalid",  # could not be turned into a valid wire event (a bug: logged)
     "outbox_full",  # the outbox refused it (over budget or disk full)
 )
@@ -32,11 +35,13 @@ KERNEL_COUNTERS: dict[tuple[str, str], str] = {
     ("exec", "seen"): "exec_seen",
     ("exec", "emitted"): "exec_emitted",
     ("exec", "filtered"): "exec_filtered",
+    ("exec", "folded"): "exec_folded",  # a compiler's pass: captured, no record
     ("exec", "dropped"): "exec_drop_ringbuf",
     ("exec", "dropped_scratch"): "exec_drop_scratch",
     ("exit", "seen"): "exit_seen",
     ("exit", "emitted"): "exit_emitted",
     ("exit", "filtered"): "exit_filtered",
+    ("exit", "folded"): "exit_folded",
     ("exit", "dropped"): "exit_drop_ringbuf",
     ("stderr", "seen"): "stderr_seen",
     ("stderr", "emitted"): "stderr_emitted",

@@ -92,6 +92,10 @@ class Counters:
     stderr_drop_ringbuf: int
     stderr_read_err: int
     capture_full: int
+    # compiler passes (cc1, as, ld ...) captured without exec / exit records: see
+    # procmon_event.h
+    exec_folded: int
+    exit_folded: int
 
     @property
     def dropped(self) -> int:
@@ -104,14 +108,16 @@ class Counters:
         )
 
     def balanced(self) -> bool:
-        """seen == emitted + filtered + dropped, for execs and for exits."""
+        """seen == emitted + filtered + folded + dropped, for execs and for exits."""
         return (
             self.exec_seen
             == self.exec_emitted
             + self.exec_filtered
+            + self.exec_folded
             + self.exec_drop_ringbuf
             + self.exec_drop_scratch
-            and self.exit_seen == self.exit_emitted + self.exit_filtered + self.exit_drop_ringbuf
+            and self.exit_seen
+            == self.exit_emitted + self.exit_filtered + self.exit_folded + self.exit_drop_ringbuf
             and self.stderr_seen
             == self.stderr_emitted
             + self.stderr_drop_budget
