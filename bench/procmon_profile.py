@@ -12,7 +12,8 @@ and outbox each, same batches) without the kernel, the CPU per exec+exit printed
 generator, N builds of bench j's generated C project (``make -B -j<nproc>``) in the
 container, one after another; the figures "per exec" are then per build. The records
 are read by the agent's own ``TracerLoop.step`` (BENCH_PM_PROF_HOLD_MS / _GAP_MS override
-its hold and gap); BENCH_PM_PROF_TIMER=cpu profiles thread CPU time, not wall time.
+its hold and gap); BENCH_PM_PROF_TIMER=cpu profiles thread CPU time, not wall time;
+BENCH_PM_PROF_SORT (tottime): the live profile's pstats sort key (e.g. cumulative).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ TOP = int(os.environ.get("BENCH_PM_PROF_TOP", "35"))
 OFF = os.environ.get("BENCH_PM_PROF_OFF", "") == "1"
 REPLAY = int(os.environ.get("BENCH_PM_PROF_REPLAY", "5"))
 BUILDS = int(os.environ.get("BENCH_PM_PROF_BUILD", "0"))
+SORT = os.environ.get("BENCH_PM_PROF_SORT", "tottime")
 
 
 class _NullSink:
@@ -209,7 +211,7 @@ def main() -> int:
     print(f"of which storing (outbox put_many + callbacks): {store_cpu[0] * per:.1f} us")
     print(f"per exec+exit: {cpu * per:.1f} us ({'no profiler' if OFF else 'profiled'})")
     if not OFF:
-        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(TOP)
+        pstats.Stats(prof, stream=sys.stdout).sort_stats(SORT).print_stats(TOP)
     return 0
 
 
