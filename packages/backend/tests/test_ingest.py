@@ -336,17 +336,27 @@ def test_body_size_limit(db_url: str, agent_headers: dict[str, str]) -> None:
 
 def test_inline_content_fast_path_codecs(client: TestClient, agent_headers: dict[str, str]) -> None:
     """The batch prepare's inlined path (msgspec events) stores what pack_blob would: zstd
-    when it helps, raw for short or incompressible content, bytes unchanged."""
-    from watcher_backend.blobs import load_blob
+    with the source dictionary for small files, plain zstd for large ones, raw for short or
+    incompressible content, bytes unchanged."""
+    from watcher_backend.blobs import DICT_MAX, load_blob, pack_blob
     from watcher_backend.ingest import parse_batch
     from watcher_backend.wire_fast import FastFileSnapshot
 
-    contents = [b"int main(void) { return 0; }\n" * 40, b"tiny", os.urandom(300)]
+    contents = [
+        b"int main(void) { return 0; }\n" * 40,
+        b"tiny",
+        os.urandom(300),
+        b"#include <stdio.h>\n" * (DICT_MAX // 19 + 1),  # just above DICT_MAX
+        b"x" * DICT_MAX,  # exactly DICT_MAX: still the dictionary
+    ]
     evs = [snapshot(f"p{i}.c", c) for i, c in enumerate(contents)]
     parsed = parse_batch(json.dumps({"events": evs}).encode(), 100)
     assert all(type(p.event) is FastFileSnapshot for p in parsed.valid)
-    assert [p.blob.codec if p.blob else None for p in parsed.valid] == ["zstd", "raw", "raw"]
-    assert statuses(post(client, agent_headers, evs)) == ["stored"] * 3
+    codecs = [p.blob.codec if p.blob else None for p in parsed.valid]
+    assert codecs == ["zstd-d1", "raw", "raw", "zstd", "zstd-d1"]
+    for p, c in zip(parsed.valid, contents, strict=True):
+        assert p.blob == pack_blob(hashlib.sha256(c).hexdigest(), c)
+    assert statuses(post(client, agent_headers, evs)) == ["stored"] * 5
     with engine_of(client).connect() as conn:
         for c in contents:
             assert load_blob(conn, hashlib.sha256(c).hexdigest()) == c

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
 
 import zstandard
 from sqlalchemy import Connection, select
@@ -23,6 +25,16 @@ from .db.upsert import insert_ignore
 ZSTD_LEVEL = 1
 # Below this, zstd's frame overhead makes compression pointless.
 MIN_COMPRESS = 64
+# Up to this size, contents are compressed with the shipped source-code dictionary
+# (scripts/train_zstd_dict.py): a small frame then reuses the dictionary's entropy tables
+# instead of building its own, ~30 % less CPU at 1 KiB (bench b: 7.7 -> 3.3 µs per
+# event) for the same or a slightly better ratio. Larger files gain nothing from it.
+DICT_MAX = 8 * 1024
+# codec -> dictionary file. A shipped dictionary never changes (stored blobs need its
+# exact bytes); a better one is added under a new codec name.
+DICTS = {"zstd-d1": "source-1.zdict"}
+DICT_CODEC = "zstd-d1"
+_DICT_DIR = Path(__file__).parent / "dicts"
 
 _local = threading.local()
 
@@ -36,11 +48,19 @@ class BlobHashMismatch(ValueError):
 class PreparedBlob:
     sha256: str
     size: int
-    codec: str  # "zstd" | "raw"
+    codec: str  # "zstd" | "zstd-d1" | "raw"
     data: bytes
 
 
+@cache
+def _dictionary(codec: str) -> zstandard.ZstdCompressionDict:
+    d = zstandard.ZstdCompressionDict((_DICT_DIR / DICTS[codec]).read_bytes())
+    d.precompute_compress(level=ZSTD_LEVEL)  # digested once, shared by every thread
+    return d
+
+
 def compressor() -> zstandard.ZstdCompressor:
+    """This thread's compressor for contents larger than ``DICT_MAX`` (codec zstd)."""
     # ZstdCompressor objects are not thread-safe: one per thread.
     comp: zstandard.ZstdCompressor | None = getattr(_local, "comp", None)
     if comp is None:
@@ -48,10 +68,29 @@ def compressor() -> zstandard.ZstdCompressor:
     return comp
 
 
-def _decompressor() -> zstandard.ZstdDecompressor:
-    dec: zstandard.ZstdDecompressor | None = getattr(_local, "dec", None)
+def dict_compressor() -> zstandard.ZstdCompressor:
+    """This thread's compressor for contents up to ``DICT_MAX`` (codec ``DICT_CODEC``)."""
+    comp: zstandard.ZstdCompressor | None = getattr(_local, "dcomp", None)
+    if comp is None:
+        comp = _local.dcomp = zstandard.ZstdCompressor(
+            level=ZSTD_LEVEL, dict_data=_dictionary(DICT_CODEC)
+        )
+    return comp
+
+
+def _decompressor(codec: str) -> zstandard.ZstdDecompressor:
+    decs: dict[str, zstandard.ZstdDecompressor] | None = getattr(_local, "decs", None)
+    if decs is None:
+        decs = _local.decs = {}
+    dec = decs.get(codec)
     if dec is None:
-        dec = _local.dec = zstandard.ZstdDecompressor()
+        if codec == "zstd":
+            dec = zstandard.ZstdDecompressor()
+        elif codec in DICTS:
+            dec = zstandard.ZstdDecompressor(dict_data=_dictionary(codec))
+        else:
+            raise ValueError(f"unknown blob codec {codec!r}")
+        decs[codec] = dec
     return dec
 
 
@@ -68,11 +107,13 @@ def prepare_blob(sha256: str, data: bytes) -> PreparedBlob:
 
 def pack_blob(sha256: str, data: bytes) -> PreparedBlob:
     """Compress ``data`` already verified to hash to ``sha256`` (raw when that does not help)."""
-    if len(data) >= MIN_COMPRESS:
-        packed = compressor().compress(data)
-        if len(packed) < len(data):
-            return PreparedBlob(sha256, len(data), "zstd", packed)
-    return PreparedBlob(sha256, len(data), "raw", bytes(data))
+    n = len(data)
+    if n >= MIN_COMPRESS:
+        small = n <= DICT_MAX
+        packed = (dict_compressor() if small else compressor()).compress(data)
+        if len(packed) < n:
+            return PreparedBlob(sha256, n, DICT_CODEC if small else "zstd", packed)
+    return PreparedBlob(sha256, n, "raw", bytes(data))
 
 
 def insert_blob(conn: Connection, blob: PreparedBlob) -> bool:
@@ -108,9 +149,7 @@ def blob_size(conn: Connection, sha256: str) -> int | None:
 def decode_blob(codec: str, data: bytes, size: int) -> bytes:
     if codec == "raw":
         return bytes(data)
-    if codec == "zstd":
-        return _decompressor().decompress(data, max_output_size=size)
-    raise ValueError(f"unknown blob codec {codec!r}")
+    return _decompressor(codec).decompress(data, max_output_size=size)
 
 
 def load_blob(conn: Connection, sha256: str) -> bytes | None:

@@ -59,7 +59,15 @@ from watcher_common.wire import (
     ResultStatus,
 )
 
-from .blobs import MIN_COMPRESS, PreparedBlob, compressor, pack_blob, sha256_hex
+from .blobs import (
+    DICT_CODEC,
+    DICT_MAX,
+    MIN_COMPRESS,
+    PreparedBlob,
+    dict_compressor,
+    pack_blob,
+    sha256_hex,
+)
 from .db.rawsql import RawSql, raw_for
 from .wire_fast import FastEvent, FastFileDelete, FastFileRename, FastFileSnapshot
 
@@ -256,7 +264,7 @@ def prepare_events(events: Sequence[AnyEvent]) -> list[Prepared]:
     (no content, a wrong size or hash, pydantic events) goes through ``prepare_event``.
     Saves ~2 µs of request-thread CPU per event (calls, lookups, a frozen dataclass).
     """
-    comp = compressor()
+    comp = dict_compressor()
     sha256 = hashlib.sha256
     out: list[Prepared] = []
     append = out.append
@@ -267,11 +275,15 @@ def prepare_events(events: Sequence[AnyEvent]) -> list[Prepared]:
             if data is not None and sha is not None:
                 n = len(data)
                 if n == ev.size and sha256(data).hexdigest() == sha:
-                    if n >= MIN_COMPRESS:
+                    # = pack_blob for the usual small file, inline
+                    if MIN_COMPRESS <= n <= DICT_MAX:
                         packed = comp.compress(data)
                         if len(packed) < n:
-                            append(Prepared(ev, PreparedBlob(sha, n, "zstd", packed)))
+                            append(Prepared(ev, PreparedBlob(sha, n, DICT_CODEC, packed)))
                             continue
+                    elif n > DICT_MAX:
+                        append(Prepared(ev, pack_blob(sha, data)))
+                        continue
                     append(Prepared(ev, PreparedBlob(sha, n, "raw", bytes(data))))
                     continue
         append(prepare_event(ev))

@@ -83,7 +83,7 @@ class BlobRow(Base):
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
     stored_size: Mapped[int] = mapped_column(BigInteger)
-    codec: Mapped[str] = mapped_column(String(16))  # "zstd" | "raw"
+    codec: Mapped[str] = mapped_column(String(16))  # "zstd" | "zstd-d1" (dictionary) | "raw"
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created_us: Mapped[int] = mapped_column(BigInteger)
 
