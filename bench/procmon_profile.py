@@ -11,9 +11,9 @@ and outbox each, same batches) without the kernel, the CPU per exec+exit printed
 (steadier than the live figure on a shared machine). BENCH_PM_PROF_BUILD=N: instead of the
 generator, N builds of bench j's generated C project (``make -B -j<nproc>``) in the
 container, one after another; the figures "per exec" are then per build. The records
-are read by the agent's own ``TracerLoop.step`` (BENCH_PM_PROF_HOLD_MS / _GAP_MS override
-its hold and gap); BENCH_PM_PROF_TIMER=cpu profiles thread CPU time, not wall time;
-BENCH_PM_PROF_SORT (tottime): the live profile's pstats sort key (e.g. cumulative).
+are read by the agent's own ``TracerLoop.step`` (BENCH_PM_PROF_HOLD_MS / _GAP_MS /
+_BUILD_GAP_MS override its hold and gaps); BENCH_PM_PROF_TIMER=cpu profiles thread CPU
+time, not wall time; BENCH_PM_PROF_SORT (tottime): the printed profiles' pstats sort key.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry
 from watcher_common.outbox import Outbox
 from watcher_procmon.agent import Pipeline
 from watcher_procmon.events import decode
-from watcher_procmon.main import GAP_S, HOLD_S, TracerLoop
+from watcher_procmon.main import BUILD_GAP_S, GAP_S, HOLD_S, TracerLoop
 from watcher_procmon.metrics import ProcmonMetrics
 from watcher_procmon.tracer import Tracer, TracerConfig
 
@@ -93,7 +93,7 @@ def stages(tmp: Path, batches: list[list[bytes]], execs: int) -> None:
         f" ({len(sink.items)} transactions)"
     )
     if os.environ.get("BENCH_PM_PROF_STAGE") == "1":
-        pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(TOP)
+        pstats.Stats(prof, stream=sys.stdout).sort_stats(SORT).print_stats(TOP)
 
 
 def replay(tmp: Path, batches: list[list[bytes]], execs: int) -> None:
@@ -166,6 +166,7 @@ def main() -> int:
                 None,
                 float(os.environ.get("BENCH_PM_PROF_HOLD_MS", HOLD_S * 1e3)) / 1e3,
                 float(os.environ.get("BENCH_PM_PROF_GAP_MS", GAP_S * 1e3)) / 1e3,
+                float(os.environ.get("BENCH_PM_PROF_BUILD_GAP_MS", BUILD_GAP_S * 1e3)) / 1e3,
             )
             read_cpu = 0.0
             read_events = tracer.read_events

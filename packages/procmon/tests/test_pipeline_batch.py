@@ -264,3 +264,32 @@ def test_a_failing_reader_still_writes_what_it_held(tmp_path: Path) -> None:
     assert isinstance(loop.error, RuntimeError)
     assert _pids(outbox) == [1000, 1001, 1002] and pipe.runs == 3
     outbox.close()
+
+
+class _ScriptedTracer(_FailingTracer):
+    """Hands out the given reads, in order, each as if its records were already waiting."""
+
+    def __init__(self, *reads: list[Event]) -> None:
+        self.reads = list(reversed(reads))
+
+
+def test_while_compilers_run_reads_are_written_at_once(tmp_path: Path) -> None:
+    """A burst read is held for the next reads (hold_s), except while a build runs: then
+    the longer gap between reads bounds exec -> outbox and nothing waits for more."""
+    from watcher_procmon.main import TracerLoop
+
+    outbox = Outbox(tmp_path / "outbox.db")
+    pipe = Pipeline(outbox, metrics=ProcmonMetrics(CollectorRegistry()))
+    gcc = replace(_exec(2000, 500), exe="/usr/bin/gcc", argv=("gcc", "-c", "x.c"))
+    tracer = _ScriptedTracer(_runs(2), [gcc, ExitEvent(600, 2000, 0, 2000)], _runs(1, 3000))
+    loop = TracerLoop(tracer, pipe, None, hold_s=60, gap_s=0, build_gap_s=0.001)  # type: ignore[arg-type]
+    assert not pipe.compiled_since(time.monotonic() - 0.5)
+    loop.step()  # no compiler: held
+    assert pipe.commit_due_in() is not None and _pids(outbox) == []
+    loop.step()  # a compile: this read and the held one are written now
+    assert pipe.compiled_since(time.monotonic() - 0.5)
+    assert pipe.commit_due_in() is None and _pids(outbox) == [1000, 1001, 2000]
+    loop.step()  # still within the build window: written at once too
+    assert pipe.commit_due_in() is None and _pids(outbox) == [1000, 1001, 2000, 3000]
+    pipe.close()
+    outbox.close()

@@ -145,6 +145,7 @@ class Pipeline:
         self._sent: OrderedDict[tuple[str, str, str, str], str] = OrderedDict()
         self.runs = 0
         self.snapshots = 0
+        self._last_compile = -1e9  # time.monotonic() when a compiler exec was last fed
         # set inside feed_many: puts wait there and are stored together
         self._batch: list[_Put] | None = None
         self._batch_due = 0.0  # time.monotonic() by which a held batch is written
@@ -237,6 +238,10 @@ class Pipeline:
         if batch is not None:
             self._store(batch)
 
+    def compiled_since(self, t: float) -> bool:
+        """A compiler exec was fed at or after ``t`` (time.monotonic()): a build runs."""
+        return self._last_compile >= t
+
     def commit_due_in(self) -> float | None:
         """Seconds until the held write is due (0: now); None when nothing is held."""
         if self._batch is None:
@@ -288,6 +293,8 @@ class Pipeline:
 
     def _on_exec(self, ev: ExecEvent) -> None:
         cls = self._classify(ev)
+        if cls.kind == "compiler":
+            self._last_compile = time.monotonic()
         paths = [p for s in cls.sources if (p := container_path(ev.cwd, s))]
         mounted = self.namespaces.workspace(ev)
         org = self._origin(ev, paths, mounted)
