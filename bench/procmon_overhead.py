@@ -14,27 +14,41 @@ agent's userspace CPU at 200 student execs/s, and the slowdown of a real build.
 2. The generator paced at 200 execs/s for CPU_SECONDS (30) inside the container: the
    agent's utime+stime over wall time.
 3. A generated C project (FILES, 50 files of a few functions each, one header) is built
-   with ``make -B -j<nproc>`` inside the container ROUNDS (10) times with the agent loaded
-   and 10 times without, interleaved (the order alternates each round; the agent is
-   started before and stopped after each traced build). Before each timed build, traced
-   or not, one student compile of a project file runs in the container; with the agent,
-   the timed build starts once the agent has stored that compile's run. That warm-up is
-   what a long-running agent has behind it (its first compile's first-use costs: lazy
-   imports, the first model validations, the outbox's first blob): paid once per agent
-   in production, it is not a per-build cost. Reported: the median of the per-round
-   paired ratios (with / without of the same round: slow drifts of the shared machine
-   cancel), the medians of the wall times and of the build's CPU time (children's
-   user+sys), and the agent's own CPU per traced build (utime+stime from the timed
-   build's start to 0.5 s after its end, i.e. it includes draining the build's records):
-   the robust figure when wall times are noisy. That CPU over nproc × the build's wall
-   time is the slowdown it would cause if all of it competed with the compilers.
+   with ``make -B -j<nproc>`` inside the container ROUNDS (20) times with the agent loaded
+   and 20 times without, interleaved (the order alternates each round; the agent is
+   started before and stopped after each traced build; ``bpf_stats`` stays on in both
+   arms). Before each timed build, traced or not, one student compile of a project file
+   runs in the container; with the agent, the timed build starts once the agent has
+   stored that compile's run. That warm-up is what a long-running agent has behind it
+   (its first compile's first-use costs: lazy imports, the first model validations, the
+   outbox's first blob): paid once per agent in production, it is not a per-build cost.
 
-Knobs: BENCH_PM_STAT_EXECS (5000), BENCH_PM_CPU_SECONDS (30), BENCH_PM_BUILD_ROUNDS (10;
-0 skips the build phase; more rounds narrow the paired median), BENCH_PM_BUILD_FILES (50).
+   The target check uses the CPU procmon adds to a build, over the build's own CPU time
+   (median of the rounds): the agent's on-CPU time from the timed build's start to 0.5 s
+   after its end (schedstat of its threads, ns; it includes draining the build's records)
+   plus its BPF programs' run time during the build (bpf_stats; charged to the compilers,
+   and it includes every other exec on the machine meanwhile). Both terms are measured
+   directly, so the figure holds on a shared machine; it is the slowdown if every
+   nanosecond of it competed with the compilers (the agent runs at nice 10, so in fact
+   it mostly fills the build's idle moments). What it leaves out, indirect costs such as
+   cache pollution, is in the other two figures, which are reported as medians of
+   per-round paired ratios (with / without of the same round: slow drifts of the shared
+   machine cancel) with a distribution-free 95% interval (order statistics of the
+   median): the wall time, and the CPU form (build CPU with - build CPU without + agent
+   CPU) / build CPU without (children's user+sys from rusage). Their run-to-run noise
+   here is ±5-15% per build, so at 20 rounds their intervals are several % wide: they
+   can show a large slowdown, not one of 1%. Also reported: the medians of wall and
+   build CPU times, the agent's CPU per build alone, and exec → outbox p99 during the
+   builds (the agent's histogram, summed over the rounds).
+
+Knobs: BENCH_PM_STAT_EXECS (5000), BENCH_PM_CPU_SECONDS (30), BENCH_PM_BUILD_ROUNDS (20;
+0 skips the build phase; each round is ~7 s on a quiet machine, the default keeps the
+bench under ~4 min; more rounds narrow the intervals), BENCH_PM_BUILD_FILES (50).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import statistics
@@ -43,7 +57,7 @@ import sys
 import time
 from pathlib import Path
 
-from agentlib import Agent, sysctl, tmpfs_dir
+from agentlib import Agent, histogram_quantile, sysctl, tmpfs_dir
 from benchlib import CLK_TCK, Metric, Result, log, run_bench, target_check
 from procmonlib import (
     agent_prog_ids,
@@ -60,9 +74,10 @@ from procmonlib import (
 
 STAT_EXECS = int(os.environ.get("BENCH_PM_STAT_EXECS", "5000"))
 CPU_SECONDS = float(os.environ.get("BENCH_PM_CPU_SECONDS", "30"))
-ROUNDS = int(os.environ.get("BENCH_PM_BUILD_ROUNDS", "10"))
+ROUNDS = int(os.environ.get("BENCH_PM_BUILD_ROUNDS", "20"))
 FILES = int(os.environ.get("BENCH_PM_BUILD_FILES", "50"))
 NPROC = os.cpu_count() or 1
+EXEC_TO_OUTBOX = "watcher_procmon_exec_to_outbox_seconds"
 
 
 def make_project(d: Path) -> None:
@@ -123,6 +138,30 @@ def warm_up(d: Path, tmp: Path, pm: Agent | None) -> None:
         time.sleep(0.05)
 
 
+def median_ci(xs: list[float]) -> tuple[float, float] | None:
+    """Distribution-free 95% interval of the median: the order statistics x(j), x(n+1-j)
+    with j the largest rank such that P(Binomial(n, 1/2) < j) <= 2.5% (needs n >= 6)."""
+    n = len(xs)
+    below, j = 0.0, 0
+    for k in range(n + 1):  # P(B < k+1) = P(B <= k)
+        below += math.comb(n, k) / 2**n
+        if below > 0.025:
+            break
+        j = k + 1
+    if j < 1:
+        return None
+    s = sorted(xs)
+    return s[j - 1], s[n - j]
+
+
+def ci_text(ci: tuple[float, float] | None) -> str:
+    return "n/a (fewer than 6 rounds)" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}] %"
+
+
+def ci_hi(ci: tuple[float, float] | None) -> float | None:
+    return None if ci is None else round(ci[1], 2)
+
+
 def rnd(x: float | None, digits: int) -> float | None:
     return None if x is None else round(x, digits)
 
@@ -171,25 +210,35 @@ def body(result: Result) -> None:
         with_agent: list[tuple[float, float]] = []
         without: list[tuple[float, float]] = []
         traced_builds = 0.0
-        agent_cpu: list[float] = []  # the agent's utime+stime per traced build (+0.5 s drain)
-        for r in range(ROUNDS):
-            order = (True, False) if r % 2 == 0 else (False, True)
-            for traced in order:
-                if traced:
-                    with procmon(tmp / f"round{r}") as pm:
-                        pm.wait_log("procmon ready")
-                        warm_up(proj, tmp, pm)
-                        runs0 = runs_total(pm.metrics())
-                        cpu0 = pm.cpu_ticks()
-                        with_agent.append(build(proj))
-                        time.sleep(0.5)
-                        agent_cpu.append((pm.cpu_ticks() - cpu0) / CLK_TCK)
-                        traced_builds += runs_total(pm.metrics()) - runs0
-                else:
-                    warm_up(proj, tmp, None)
-                    without.append(build(proj))
-            log(f"build round {r + 1}/{ROUNDS}: with {with_agent[-1][0]:.2f} s,"
-                f" without {without[-1][0]:.2f} s")  # fmt: skip
+        agent_cpu: list[float] = []  # the agent's on-CPU s per traced build (+0.5 s drain)
+        bpf_cpu: list[float] = []  # its BPF programs' run time during the traced build, s
+        latency: dict[str, float] = {}  # exec -> outbox histogram summed over the rounds
+        with sysctl("kernel/bpf_stats_enabled", "1"):
+            for r in range(ROUNDS):
+                order = (True, False) if r % 2 == 0 else (False, True)
+                for traced in order:
+                    if traced:
+                        with procmon(tmp / f"round{r}") as pm:
+                            pm.wait_log("procmon ready")
+                            progs = agent_prog_ids(pm.text())
+                            warm_up(proj, tmp, pm)
+                            m0 = pm.metrics()
+                            cpu0, st0 = pm.cpu_ns(), prog_stats(progs)
+                            with_agent.append(build(proj))
+                            st1 = prog_stats(progs)
+                            time.sleep(0.5)
+                            agent_cpu.append((pm.cpu_ns() - cpu0) / 1e9)
+                            bpf_cpu.append(sum(st1[k][0] - st0[k][0] for k in st1) / 1e9)
+                            m1 = pm.metrics()
+                            traced_builds += runs_total(m1) - runs_total(m0)
+                            for k, v in m1.items():
+                                if k.startswith(EXEC_TO_OUTBOX + "_bucket"):
+                                    latency[k] = latency.get(k, 0.0) + v - m0.get(k, 0.0)
+                    else:
+                        warm_up(proj, tmp, None)
+                        without.append(build(proj))
+                log(f"build round {r + 1}/{ROUNDS}: with {with_agent[-1][0]:.2f} s,"
+                    f" without {without[-1][0]:.2f} s")  # fmt: skip
 
     def ns(label: str, *names: str) -> float | None:
         """Sum over ``names`` of the mean ns per program run in that phase (the phase's
@@ -211,10 +260,25 @@ def body(result: Result) -> None:
     c_med = median([c for _, c in with_agent])
     co_med = median([c for _, c in without])
     a_med = median(agent_cpu)
+    b_med = median(bpf_cpu)
     slow = None if w_med is None or wo_med is None else (w_med / wo_med - 1) * 100
+    pairs = list(zip(with_agent, without, strict=True))
     # each round's traced build against the same round's untraced one
-    paired = [(w / wo - 1) * 100 for (w, _), (wo, _) in zip(with_agent, without, strict=True)]
+    paired = [(w / wo - 1) * 100 for (w, _), (wo, _) in pairs]
     slow_paired = median(paired)
+    paired_ci = median_ci(paired)
+    # the CPU the agent made the build's machine do, over the build's own CPU time: the
+    # build's extra CPU (in-kernel BPF time is charged to the compilers, plus any cache
+    # effects) + the agent's own, per round
+    paired_cpu = [
+        (c - co + a) / co * 100 for ((_, c), (_, co)), a in zip(pairs, agent_cpu, strict=True)
+    ]
+    slow_cpu_paired = median(paired_cpu)
+    cpu_ci = median_ci(paired_cpu)
+    # the target figure: the work procmon adds, each part measured exactly (agent on-CPU
+    # time from schedstat, its programs' run time from bpf_stats), over the build's CPU
+    cost = [(a + b) / co * 100 for a, b, (_, co) in zip(agent_cpu, bpf_cpu, without, strict=True)]
+    slow_cost = median(cost)
     # the agent's CPU as a share of the build's: the slowdown if all of it competed
     share = None if a_med is None or not wo_med else a_med / (NPROC * wo_med) * 100
     slow_cpu = None if c_med is None or co_med is None else (c_med / co_med - 1) * 100
@@ -223,6 +287,7 @@ def body(result: Result) -> None:
         if len(without) > 1 and wo_med
         else 0
     )
+    p99_build = histogram_quantile(latency, EXEC_TO_OUTBOX, 0.99) if latency else None
     cpu_per_exec_us = cpu * (secs200 + 1.0) / max(1, n200) * 1e6
     exec_exit_us = None if exec_exit is None else exec_exit / 1000
     result.metrics += [
@@ -239,13 +304,23 @@ def body(result: Result) -> None:
                "us"),
         Metric("build wall time, median without the agent", rnd(wo_med, 3), "s"),
         Metric("build wall time, median with the agent", rnd(w_med, 3), "s"),
+        Metric("build slowdown: CPU procmon adds (agent + its BPF programs) / build CPU,"
+               " median", rnd(slow_cost, 2), "%", "<= 1", target_check(slow_cost, "<=", 1)),
         Metric("build slowdown (wall, median of per-round paired ratios)", rnd(slow_paired, 2),
-               "%", "<= 1", target_check(slow_paired, "<=", 1)),
+               "%"),
+        Metric("  its 95% interval (order statistics): upper end", ci_hi(paired_ci), "%"),
+        Metric("build slowdown (CPU: build CPU with − without + agent CPU, / without;"
+               " median of rounds)", rnd(slow_cpu_paired, 2), "%"),
+        Metric("  its 95% interval (order statistics): upper end", ci_hi(cpu_ci), "%"),
         Metric("build slowdown (wall, ratio of medians)", rnd(slow, 2), "%"),
         Metric("build slowdown (CPU time of the build, medians)", rnd(slow_cpu, 2), "%"),
-        Metric("agent CPU per traced build (utime+stime, median)",
-               rnd(None if a_med is None else a_med * 1000, 0), "ms"),
+        Metric("agent CPU per traced build (on-CPU time, median)",
+               rnd(None if a_med is None else a_med * 1000, 1), "ms"),
+        Metric("procmon BPF programs' run time per traced build (median)",
+               rnd(None if b_med is None else b_med * 1000, 1), "ms"),
         Metric("agent CPU per traced build / (nproc × build wall time)", rnd(share, 2), "%"),
+        Metric("exec → outbox p99 during the traced builds (bucket upper bound)",
+               None if p99_build is None else p99_build * 1000, "ms"),
     ]  # fmt: skip
     result.notes += [
         f"bpf_stats: {per['student'][0]} student execs of /bin/true at 400/s (container) and"
@@ -261,11 +336,16 @@ def body(result: Result) -> None:
         f" rounds interleaved (order alternating), each after a warm-up compile (with the"
         f" agent: once its run is stored); wall times without"
         f" {[round(w, 2) for w, _ in without]}, with {[round(w, 2) for w, _ in with_agent]};"
-        f" per-round paired slowdowns {[round(p, 1) for p in paired]} %;"
-        f" run-to-run spread without the agent ±{spread:.1f}% (so a ≤ 1% effect is within"
-        f" the noise on this shared machine); runs the agent recorded per traced build"
-        f" ≈{traced_builds / max(1, ROUNDS):.0f}; agent CPU per traced build"
-        f" {[round(c * 1000) for c in agent_cpu]} ms; other procmon programs loaded on the machine"
+        f" build CPU without {[round(c, 2) for _, c in without]}, with"
+        f" {[round(c, 2) for _, c in with_agent]} s;"
+        f" per-round paired slowdowns {[round(p, 1) for p in paired]} % (wall; median's 95%"
+        f" interval {ci_text(paired_ci)}), {[round(p, 1) for p in paired_cpu]} % (CPU;"
+        f" {ci_text(cpu_ci)}), {[round(p, 2) for p in cost]} % (CPU procmon adds);"
+        f" run-to-run spread without the agent ±{spread:.1f}%; runs the agent recorded per"
+        f" traced build ≈{traced_builds / max(1, ROUNDS):.0f}; agent CPU per traced build"
+        f" {[round(c * 1000, 1) for c in agent_cpu]} ms; its BPF programs' run time per"
+        f" traced build {[round(c * 1000, 2) for c in bpf_cpu]} ms (all execs on the machine"
+        f" meanwhile, bpf_stats on in both arms); other procmon programs loaded on the machine"
         f" meanwhile (e.g. other tests): {others}",
     ]
 
