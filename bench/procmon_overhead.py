@@ -66,6 +66,7 @@ from procmonlib import (
     forkexec,
     in_container,
     procmon,
+    prog_stats,
     require_root,
     runs_total,
     syscall_ns,
@@ -164,15 +165,6 @@ def ci_hi(ci: tuple[float, float] | None) -> float | None:
 
 def rnd(x: float | None, digits: int) -> float | None:
     return None if x is None else round(x, digits)
-
-
-def prog_stats(ids: set[int]) -> dict[str, tuple[int, int]]:
-    progs = tracing_progs()
-    out: dict[str, tuple[int, int]] = {}
-    for i in ids:
-        p = progs.get(i, {})
-        out[str(p.get("name"))] = (int(p.get("run_time_ns", 0)), int(p.get("run_cnt", 0)))
-    return out
 
 
 def body(result: Result) -> None:

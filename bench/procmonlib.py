@@ -91,6 +91,17 @@ def tracing_progs() -> dict[int, dict[str, Any]]:
     return {int(p["id"]): p for p in json.loads(out.stdout) if p.get("name") in PROGS}
 
 
+def prog_stats(ids: set[int]) -> dict[str, tuple[int, int]]:
+    """{program name: (run_time_ns, run_cnt)} of the given program ids (bpf_stats: counted
+    only while kernel.bpf_stats_enabled is 1)."""
+    progs = tracing_progs()
+    out: dict[str, tuple[int, int]] = {}
+    for i in ids:
+        p = progs.get(i, {})
+        out[str(p.get("name"))] = (int(p.get("run_time_ns", 0)), int(p.get("run_cnt", 0)))
+    return out
+
+
 def agent_prog_ids(log_text: str) -> set[int]:
     """The ids of the programs an agent attached, from its "program ids" log line (other
     procmon instances may load programs of the same names at the same time)."""
