@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -23,6 +26,16 @@ def empty_db_url(request: pytest.FixtureRequest, db_url: str) -> str:
     return db_url
 
 
+def _for_dialect(dialect: str) -> Any:
+    """Alembic's compare ignores ``ddl_if``: leave out the objects not made on ``dialect``."""
+
+    def include(obj: Any, _name: Any, _type: str, reflected: bool, _other: Any) -> bool:
+        cond = getattr(obj, "_ddl_if", None)
+        return reflected or cond is None or cond.dialect in (None, dialect)
+
+    return include
+
+
 def test_migrated_schema_equals_models(empty_db_url: str) -> None:
     engine = make_engine(empty_db_url)
     try:
@@ -30,7 +43,10 @@ def test_migrated_schema_equals_models(empty_db_url: str) -> None:
         migrate(engine)
         migrate(engine)  # idempotent
         with engine.connect() as conn:
-            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            ctx = MigrationContext.configure(
+                conn,
+                opts={"compare_type": True, "include_object": _for_dialect(conn.dialect.name)},
+            )
             diff = compare_metadata(ctx, Base.metadata)
             assert diff == [], diff
             head = ScriptDirectory.from_config(alembic_config()).get_current_head()
@@ -197,5 +213,101 @@ def test_0010_backfills_size_counts_and_downgrades(empty_db_url: str) -> None:
         to("head")
         with engine.connect() as conn:
             assert conn.execute(text(counts)).all() == [(20, 1)]
+    finally:
+        engine.dispose()
+
+
+def test_0011_rebuilds_blobs_keyed_by_id_and_downgrades(empty_db_url: str) -> None:
+    """0010 -> 0011 keeps every blob byte for byte, finds them through the prefix index,
+    and 0011 -> 0010 brings back the sha256 primary key."""
+    from alembic import command
+
+    from watcher_backend.blobs import load_blob, pack_blob
+
+    engine = make_engine(empty_db_url)
+    contents = [b"int main(void) { return 0; }\n" * 20, b"tiny", bytes(range(256)) * 3]
+    blobs = [pack_blob(hashlib.sha256(c).hexdigest(), c) for c in contents]
+
+    def to(rev: str, down: bool = False) -> None:
+        with engine.begin() as conn:
+            cfg = alembic_config(engine)
+            cfg.attributes["connection"] = conn
+            (command.downgrade if down else command.upgrade)(cfg, rev)
+
+    def blob_indexes() -> dict[str, bool]:
+        if engine.dialect.name == "sqlite":  # the inspector skips expression indexes
+            with engine.connect() as conn:
+                rows = conn.exec_driver_sql("PRAGMA index_list(blobs)").all()
+            return {str(r[1]): bool(r[2]) for r in rows if r[3] == "c"}  # c: CREATE INDEX
+        return {str(i["name"]): bool(i["unique"]) for i in inspect(engine).get_indexes("blobs")}
+
+    try:
+        to("0010")
+        with engine.begin() as conn:
+            for b in blobs:
+                conn.execute(
+                    text(
+                        "INSERT INTO blobs (sha256, size, stored_size, codec, data, created_us)"
+                        " VALUES (:s, :n, :m, :c, :d, 1)"
+                    ),
+                    {"s": b.sha256, "n": b.size, "m": len(b.data), "c": b.codec, "d": b.data},
+                )
+        to("0011")
+        assert inspect(engine).get_pk_constraint("blobs")["constrained_columns"] == ["id"]
+        pg = engine.dialect.name == "postgresql"
+        assert blob_indexes() == (
+            {"ix_blobs_sha_prefix": False, "ux_blobs_sha256": True}
+            if pg
+            else {"ix_blobs_sha_prefix": False}
+        )
+        with engine.connect() as conn:
+            for b, c in zip(blobs, contents, strict=True):
+                assert load_blob(conn, b.sha256) == c
+            ids = conn.execute(text("SELECT id FROM blobs ORDER BY id")).scalars().all()
+            assert len(ids) == 3
+        to("0010", down=True)
+        assert inspect(engine).get_pk_constraint("blobs")["constrained_columns"] == ["sha256"]
+        assert "ix_blobs_sha_prefix" not in blob_indexes()
+        with engine.connect() as conn:
+            got = conn.execute(text("SELECT sha256, data FROM blobs")).all()
+            assert sorted(got) == sorted((b.sha256, b.data) for b in blobs)
+        to("head")
+        with engine.connect() as conn:
+            assert [load_blob(conn, b.sha256) for b in blobs] == contents
+    finally:
+        engine.dispose()
+
+
+def test_blob_lookups_use_the_prefix_index(tmp_path: object) -> None:
+    """SQLite: every way the code finds a blob by sha256 searches ix_blobs_sha_prefix (a
+    table scan per lookup would make reads O(blobs))."""
+    from sqlalchemy import exists, select
+
+    from watcher_backend.blobs import is_blob
+    from watcher_backend.db.models import BlobRow, SnapshotRow
+    from watcher_backend.store import BLOB_KEY_CHARS
+
+    engine = make_engine(f"sqlite:///{tmp_path}/plan.db")
+    try:
+        migrate(engine)
+        sha = "ab" * 32
+        stmts = [
+            select(BlobRow.id).where(is_blob(BlobRow.sha256, sha)),
+            select(SnapshotRow.id, exists().where(is_blob(BlobRow.sha256, SnapshotRow.sha256))),
+        ]
+        with engine.connect() as conn:
+            for stmt in stmts:
+                compiled = stmt.compile(engine)  # with its bound parameters, as run
+                plan = conn.exec_driver_sql(
+                    f"EXPLAIN QUERY PLAN {compiled}", tuple(compiled.params.values())
+                ).all()
+                assert any("ix_blobs_sha_prefix" in str(r[-1]) for r in plan), plan
+            # the writer's planning query (store._load_blob_sizes)
+            plan = conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN SELECT sha256, size FROM blobs"
+                f" WHERE substr(sha256, 1, {BLOB_KEY_CHARS}) IN (?, ?)",
+                (sha[:16], "cd" * 8),
+            ).all()
+            assert any("ix_blobs_sha_prefix" in str(r[-1]) for r in plan), plan
     finally:
         engine.dispose()

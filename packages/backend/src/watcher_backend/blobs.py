@@ -11,12 +11,14 @@ import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import zstandard
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, and_, func, literal_column, select
 
 from watcher_common.timeutil import now_us
 
+from .db.models import BLOB_KEY_CHARS
 from .db.tables import BLOBS
 from .db.upsert import insert_ignore
 
@@ -116,6 +118,29 @@ def pack_blob(sha256: str, data: bytes) -> PreparedBlob:
     return PreparedBlob(sha256, n, "raw", bytes(data))
 
 
+_ONE: Any = literal_column("1")
+_KEY: Any = literal_column(str(BLOB_KEY_CHARS))
+_REST: Any = literal_column(str(BLOB_KEY_CHARS + 1))
+
+
+def is_blob(table_sha256: Any, sha256: Any) -> Any:
+    """``table_sha256 = sha256`` in a form that ``ix_blobs_sha_prefix`` serves (BlobRow).
+
+    Prefix and rest are compared separately: with a plain ``sha256 = ?`` next to it,
+    SQLite propagates the constant into ``substr(sha256, ...)`` and no longer sees the
+    indexed expression (a table scan); the index also needs the literal 1 and 16.
+    """
+    if isinstance(sha256, str):
+        head: Any = sha256[:BLOB_KEY_CHARS]
+        tail: Any = sha256[BLOB_KEY_CHARS:]
+    else:
+        head = func.substr(sha256, _ONE, _KEY)
+        tail = func.substr(sha256, _REST)
+    return and_(
+        func.substr(table_sha256, _ONE, _KEY) == head, func.substr(table_sha256, _REST) == tail
+    )
+
+
 def insert_blob(conn: Connection, blob: PreparedBlob) -> bool:
     """Store a prepared blob; False when that sha256 was already stored (dedupe)."""
     row = {
@@ -126,24 +151,18 @@ def insert_blob(conn: Connection, blob: PreparedBlob) -> bool:
         "data": blob.data,
         "created_us": now_us(),
     }
-    return insert_ignore(conn, BLOBS, row, ("sha256",))
-
-
-def store_blob(conn: Connection, sha256: str, data: bytes) -> bool:
-    """Verify, compress and store ``data``; True if created, False if it already existed."""
-    if blob_exists(conn, sha256):
-        if sha256_hex(data) != sha256:
-            raise BlobHashMismatch("content does not match its sha256")
+    if conn.dialect.name == "postgresql":  # concurrent writers: the unique index decides
+        return insert_ignore(conn, BLOBS, row, ("sha256",))
+    # SQLite: the caller is the one writer (BEGIN IMMEDIATE), so look, then insert
+    if blob_exists(conn, blob.sha256):
         return False
-    return insert_blob(conn, prepare_blob(sha256, data))
+    conn.execute(BLOBS.insert(), row)
+    return True
 
 
 def blob_exists(conn: Connection, sha256: str) -> bool:
-    return conn.execute(select(BLOBS.c.sha256).where(BLOBS.c.sha256 == sha256)).first() is not None
-
-
-def blob_size(conn: Connection, sha256: str) -> int | None:
-    return conn.execute(select(BLOBS.c.size).where(BLOBS.c.sha256 == sha256)).scalar()
+    found = conn.execute(select(BLOBS.c.id).where(is_blob(BLOBS.c.sha256, sha256)).limit(1))
+    return found.first() is not None
 
 
 def decode_blob(codec: str, data: bytes, size: int) -> bytes:
@@ -154,7 +173,9 @@ def decode_blob(codec: str, data: bytes, size: int) -> bytes:
 
 def load_blob(conn: Connection, sha256: str) -> bytes | None:
     row = conn.execute(
-        select(BLOBS.c.codec, BLOBS.c.data, BLOBS.c.size).where(BLOBS.c.sha256 == sha256)
+        select(BLOBS.c.codec, BLOBS.c.data, BLOBS.c.size)
+        .where(is_blob(BLOBS.c.sha256, sha256))
+        .limit(1)
     ).first()
     if row is None:
         return None

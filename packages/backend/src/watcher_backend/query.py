@@ -17,11 +17,11 @@ import orjson
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, case, exists, func, select
 
 from watcher_backend import lookup, query_timeline
 from watcher_backend.auth import require_reader
-from watcher_backend.blobs import load_blob
+from watcher_backend.blobs import is_blob, load_blob
 from watcher_backend.db.models import (
     AssignmentRow,
     BlobRow,
@@ -418,6 +418,10 @@ def list_files(request: Request, class_div: str, hw_name: str, student_id: str) 
     ]
 
 
+# whether a version's content is stored (EXISTS: one row per version, whatever the blobs)
+_HAS_BLOB = exists().where(is_blob(BlobRow.sha256, SnapshotRow.sha256)).label("has_blob")
+
+
 def _snapshot_query() -> Any:
     return (
         select(
@@ -429,7 +433,7 @@ def _snapshot_query() -> Any:
             SnapshotRow.ts_us,
             SnapshotRow.size,
             SnapshotRow.sha256,
-            BlobRow.sha256.label("blob"),
+            _HAS_BLOB,
             SnapshotRow.source,
             SnapshotRow.too_large,
             SnapshotRow.reconciled,
@@ -439,7 +443,6 @@ def _snapshot_query() -> Any:
         .join(StudentRow, StudentRow.id == SnapshotRow.student_pk)
         .join(ClassRow, ClassRow.id == StudentRow.class_id)
         .join(AssignmentRow, AssignmentRow.id == SnapshotRow.assignment_id)
-        .outerjoin(BlobRow, BlobRow.sha256 == SnapshotRow.sha256)
     )
 
 
@@ -453,7 +456,7 @@ def _snapshot_info(r: Any) -> SnapshotInfo:
         ts=from_us(r.ts_us),
         size=r.size,
         sha256=r.sha256,
-        has_content=r.blob is not None,
+        has_content=bool(r.has_blob),
         source=r.source,
         too_large=bool(r.too_large),
         reconciled=bool(r.reconciled),
@@ -487,13 +490,12 @@ def list_versions(
                 SnapshotRow.ts_us,
                 SnapshotRow.size,
                 SnapshotRow.sha256,
-                BlobRow.sha256.label("blob"),
+                _HAS_BLOB,
                 SnapshotRow.source,
                 SnapshotRow.too_large,
                 SnapshotRow.reconciled,
                 SnapshotRow.node,
             )
-            .outerjoin(BlobRow, BlobRow.sha256 == SnapshotRow.sha256)
             .where(SnapshotRow.file_id == file_id)
             .order_by(SnapshotRow.ts_us, SnapshotRow.id)
         ).all()
@@ -512,7 +514,7 @@ def list_versions(
                     "ts": from_us(r.ts_us),
                     "size": r.size,
                     "sha256": r.sha256,
-                    "has_content": r.blob is not None,
+                    "has_content": bool(r.has_blob),
                     "source": r.source,
                     "too_large": bool(r.too_large),
                     "reconciled": bool(r.reconciled),
@@ -598,9 +600,9 @@ def get_snapshot_content(request: Request, snapshot_id: SnapshotId) -> Response:
         row = _snapshot_row(conn, snapshot_id)
         etag = f'"{row.sha256}"'
         # stored content: the ETag is known before the blob is read
-        if row.blob is not None and (cached := _not_modified(request, etag)) is not None:
+        if bool(row.has_blob) and (cached := _not_modified(request, etag)) is not None:
             return cached
-        data = _blobs.get(conn, row.sha256) if row.blob is not None else None
+        data = _blobs.get(conn, row.sha256) if bool(row.has_blob) else None
     if data is None:
         raise HTTPException(404, f"snapshot {snapshot_id} has no stored content (metadata only)")
     return Response(

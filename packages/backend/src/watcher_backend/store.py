@@ -68,6 +68,7 @@ from .blobs import (
     pack_blob,
     sha256_hex,
 )
+from .db.models import BLOB_KEY_CHARS
 from .db.rawsql import RawSql, raw_for
 from .wire_fast import FastEvent, FastFileDelete, FastFileRename, FastFileSnapshot
 
@@ -165,10 +166,17 @@ UPD_FILES_FROM = (
     "FROM (VALUES (?, ?, ?)) AS v WHERE files.id = v.column1"
 )
 
-INS_BLOB = (
+# Blobs already stored were found while planning (one IN query per 500): on SQLite the
+# writer is the only writer, so nothing can conflict; PostgreSQL's concurrent writers
+# have its unique sha256 index decide (see db.models.BlobRow).
+_INS_BLOB = (
     "INSERT INTO blobs (sha256, size, stored_size, codec, data, created_us) "
-    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (sha256) DO NOTHING"
+    "VALUES (?, ?, ?, ?, ?, ?)"
 )
+INS_BLOB = {
+    "sqlite": _INS_BLOB,
+    "postgresql": f"{_INS_BLOB} ON CONFLICT (sha256) DO NOTHING",
+}
 INS_SNAPSHOT = (
     "INSERT INTO snapshots (id, event_id, file_id, student_pk, assignment_id, ts_us, size, "
     "sha256, source, reconciled, too_large, node, received_us) "
@@ -642,7 +650,7 @@ class _Batch:
         if self.events:
             raw.insert_many(INS_EVENT, self.events)
         if self.blobs:
-            raw.insert_many(INS_BLOB, list(self.blobs.values()))
+            raw.insert_many(INS_BLOB[raw.dialect], list(self.blobs.values()))
         if self.snapshots:
             raw.insert_many(INS_SNAPSHOT, self.snapshots)
             raw.insert_many(
@@ -675,10 +683,16 @@ def _existing_ids(raw: RawSql, ids: list[str]) -> set[str]:
 
 
 def _load_blob_sizes(raw: RawSql, cache: IdCache, shas: list[str]) -> None:
+    """Cache the sizes of those of ``shas`` already stored (through the prefix index)."""
+    wanted = set(shas)
     for chunk in _chunks(shas):
-        sql = f"SELECT sha256, size FROM blobs WHERE sha256 IN ({_in_list(len(chunk))})"  # noqa: S608
-        for sha, size in raw.execute(sql, chunk).fetchall():
-            cache.blob_sizes[sha] = int(size)
+        sql = (
+            f"SELECT sha256, size FROM blobs WHERE substr(sha256, 1, {BLOB_KEY_CHARS})"  # noqa: S608
+            f" IN ({_in_list(len(chunk))})"
+        )
+        for sha, size in raw.execute(sql, [s[:BLOB_KEY_CHARS] for s in chunk]).fetchall():
+            if sha in wanted:  # not another blob that shares the prefix
+                cache.blob_sizes[sha] = int(size)
 
 
 def apply_batch(conn: Connection, batch: Sequence[Prepared], cache: IdCache) -> list[Outcome]:
@@ -699,7 +713,8 @@ def apply_batch(conn: Connection, batch: Sequence[Prepared], cache: IdCache) -> 
             continue
         if isinstance(ev, _SNAPSHOT):
             n_snap += 1
-            if p.blob is None and ev.sha256 is not None and ev.sha256 not in cache.blob_sizes:
+            # inline or not: whether it is stored decides both checks and inserts
+            if ev.sha256 is not None and ev.sha256 not in cache.blob_sizes:
                 unknown_shas.add(ev.sha256)
         elif isinstance(ev, ProcessRun):
             n_run += 1

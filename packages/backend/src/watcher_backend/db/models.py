@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -76,16 +77,34 @@ class FileRow(Base):
     last_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
+# Leading hex digits of a sha256 that ``ix_blobs_sha_prefix`` indexes (see BlobRow).
+BLOB_KEY_CHARS = 16
+
+
 class BlobRow(Base):
-    """Content-addressed file content, zstd-compressed, stored once per sha256."""
+    """Content-addressed file content, zstd-compressed, stored once per sha256.
+
+    Looked up by sha256 through an index on its first 16 hex digits (migration 0011), not
+    by a unique index on all 64: random keys put every new blob on a random index page, and
+    64-character entries made that index ~4x larger (more pages rewritten per commit) —
+    the largest single ingest cost. The full sha256 is always compared too, so a shared
+    prefix can never mix contents up. Duplicates are excluded by the writer (the only
+    writer on SQLite); with PostgreSQL's concurrent writers a unique index on sha256
+    keeps ``ON CONFLICT DO NOTHING`` (PostgreSQL only).
+    """
 
     __tablename__ = "blobs"
-    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
     size: Mapped[int] = mapped_column(BigInteger)
     stored_size: Mapped[int] = mapped_column(BigInteger)
     codec: Mapped[str] = mapped_column(String(16))  # "zstd" | "zstd-d1" (dictionary) | "raw"
     data: Mapped[bytes] = mapped_column(LargeBinary)
     created_us: Mapped[int] = mapped_column(BigInteger)
+
+
+Index("ix_blobs_sha_prefix", func.substr(BlobRow.sha256, 1, BLOB_KEY_CHARS))
+Index("ux_blobs_sha256", BlobRow.sha256, unique=True).ddl_if(dialect="postgresql")
 
 
 class EventRow(Base):
