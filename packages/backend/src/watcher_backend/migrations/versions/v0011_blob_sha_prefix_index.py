@@ -30,11 +30,13 @@ _COLUMNS = "sha256, size, stored_size, codec, data, created_us"
 _PREFIX = "substr(sha256, 1, 16)"
 
 
-def _blobs_table(name: str, *, keyed_by_sha: bool) -> None:
-    """SQLite's rebuild target: 0011's shape, or (downgrade) 0001's with the sha256 key."""
+def _rebuild_sqlite_blobs(*, keyed_by_sha: bool) -> None:
+    """SQLite cannot drop or add a primary key: copy into 0011's shape (an ``id`` key) or,
+    downgrading, 0001's (the sha256 key; a duplicate hash, impossible from the writer,
+    would be dropped rather than fail), in the original order."""
     id_column = [] if keyed_by_sha else [sa.Column("id", sa.Integer(), nullable=False)]
     op.create_table(
-        name,
+        "blobs_rebuilt",
         *id_column,
         sa.Column("sha256", sa.String(length=64), nullable=False),
         sa.Column("size", sa.BigInteger(), nullable=False),
@@ -44,6 +46,12 @@ def _blobs_table(name: str, *, keyed_by_sha: bool) -> None:
         sa.Column("created_us", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("sha256" if keyed_by_sha else "id"),
     )
+    verb = "INSERT OR IGNORE" if keyed_by_sha else "INSERT"
+    op.execute(
+        f"{verb} INTO blobs_rebuilt ({_COLUMNS}) SELECT {_COLUMNS} FROM blobs ORDER BY rowid"  # noqa: S608
+    )
+    op.drop_table("blobs")
+    op.rename_table("blobs_rebuilt", "blobs")
 
 
 def upgrade() -> None:
@@ -52,12 +60,7 @@ def upgrade() -> None:
         op.execute("ALTER TABLE blobs ADD COLUMN id BIGSERIAL PRIMARY KEY")
         op.create_index("ux_blobs_sha256", "blobs", ["sha256"], unique=True)
     else:
-        _blobs_table("blobs_new", keyed_by_sha=False)
-        op.execute(
-            f"INSERT INTO blobs_new ({_COLUMNS}) SELECT {_COLUMNS} FROM blobs ORDER BY rowid"  # noqa: S608
-        )
-        op.drop_table("blobs")
-        op.rename_table("blobs_new", "blobs")
+        _rebuild_sqlite_blobs(keyed_by_sha=False)
     op.create_index("ix_blobs_sha_prefix", "blobs", [sa.text(_PREFIX)])
 
 
@@ -68,9 +71,4 @@ def downgrade() -> None:
         op.execute("ALTER TABLE blobs DROP COLUMN id")
         op.execute("ALTER TABLE blobs ADD PRIMARY KEY (sha256)")
     else:
-        _blobs_table("blobs_old", keyed_by_sha=True)
-        op.execute(
-            f"INSERT OR IGNORE INTO blobs_old ({_COLUMNS}) SELECT {_COLUMNS} FROM blobs ORDER BY id"  # noqa: S608
-        )
-        op.drop_table("blobs")
-        op.rename_table("blobs_old", "blobs")
+        _rebuild_sqlite_blobs(keyed_by_sha=True)
