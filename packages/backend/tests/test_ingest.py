@@ -116,6 +116,34 @@ def test_snapshot_versions_create_modify_and_identical(
     assert client.app.state.writer.cache.unchanged_snapshots == 1  # type: ignore[attr-defined]
 
 
+def test_stored_content_is_not_stored_again_after_a_restart(
+    client: TestClient, agent_headers: dict[str, str]
+) -> None:
+    """Dedupe does not depend on the writer's memory: with its cache gone (a restart),
+    inline content already stored is found in the database (the blob table has no unique
+    key on SQLite since 0011), also when an upload came in between."""
+    writer = client.app.state.writer  # type: ignore[attr-defined]
+    content = b"#include <stdio.h>\nint main(void) { return 0; }\n" * 3
+    sha = hashlib.sha256(content).hexdigest()
+    assert statuses(post(client, agent_headers, [snapshot("a.c", content)])) == ["stored"]
+    big = b"x = 1\n" * 5000
+    big_sha = hashlib.sha256(big).hexdigest()
+    assert (
+        client.put(f"/api/v1/blobs/{big_sha}", content=big, headers=agent_headers).status_code
+        == 201
+    )
+    writer.cache.clear()
+    again = [snapshot("b.c", content), snapshot("c.c", content), snapshot("d.py", big)]
+    assert statuses(post(client, agent_headers, again)) == ["stored"] * 3
+    assert (
+        client.put(f"/api/v1/blobs/{big_sha}", content=big, headers=agent_headers).status_code
+        == 200
+    )
+    assert rows(
+        client, "SELECT sha256, count(*) FROM blobs GROUP BY sha256 ORDER BY sha256"
+    ) == sorted([(sha, 1), (big_sha, 1)])
+
+
 def test_inline_content_must_match(client: TestClient, agent_headers: dict[str, str]) -> None:
     wrong_hash = snapshot("a.c", b"abc")
     wrong_hash["sha256"] = hashlib.sha256(b"other").hexdigest()
