@@ -69,6 +69,7 @@ from procmonlib import (
     prog_stats,
     require_root,
     runs_total,
+    stats_delta,
     syscall_ns,
     tracing_progs,
 )
@@ -190,7 +191,7 @@ def body(result: Result) -> None:
                     seconds = STAT_EXECS / 400
                     n, _ = forkexec(gen, seconds, 400, 1, ["/bin/true"], container=container)
                     s1 = prog_stats(ours)
-                    per[label] = (n, {k: (s1[k][0] - s0[k][0], s1[k][1] - s0[k][1]) for k in s1})
+                    per[label] = (n, stats_delta(s0, s1))
             sys_with = syscall_ns(sysloop)
             log(f"userspace CPU at 200 student execs/s for {CPU_SECONDS:.0f} s")
             cpu0 = pm.cpu_ticks()
@@ -220,7 +221,8 @@ def body(result: Result) -> None:
                             st1 = prog_stats(progs)
                             time.sleep(0.5)
                             agent_cpu.append((pm.cpu_ns() - cpu0) / 1e9)
-                            bpf_cpu.append(sum(st1[k][0] - st0[k][0] for k in st1) / 1e9)
+                            ran = stats_delta(st0, st1)
+                            bpf_cpu.append(sum(ns for ns, _ in ran.values()) / 1e9)
                             m1 = pm.metrics()
                             traced_builds += runs_total(m1) - runs_total(m0)
                             for k, v in m1.items():

@@ -39,6 +39,7 @@ from procmonlib import (
     prog_stats,
     require_root,
     runs_total,
+    stats_delta,
 )
 
 SECONDS = float(os.environ.get("BENCH_PM_SECONDS", "60"))
@@ -103,12 +104,13 @@ def body(result: Result) -> None:
     p99_ms = None if p99 is None else p99 * 1000
     # mean ns per run of each program over the max-rate run (other execs on the machine
     # meanwhile included: a few per thousand)
-    per_run = {
-        name: (st1[name][0] - st0[name][0]) / (st1[name][1] - st0[name][1])
-        for name in ("handle_exec", "handle_exit")
-        if name in st1 and name in st0 and st1[name][1] > st0[name][1]
-    }
-    max_rate_ns = sum(per_run.values()) if len(per_run) == 2 else None
+    ran = stats_delta(st0, st1)
+    per_run = {k: ns / runs for k, (ns, runs) in ran.items() if runs > 0}
+    max_rate_ns = (
+        per_run["handle_exec"] + per_run["handle_exit"]
+        if "handle_exec" in per_run and "handle_exit" in per_run
+        else None
+    )
     result.metrics += [
         Metric("max fork+exec rate with the agent (student processes)", round(n / secs), "execs/s"),
         Metric("max fork+exec rate without the agent", round(base_rate), "execs/s"),
@@ -132,12 +134,7 @@ def body(result: Result) -> None:
         f" runs in the outbox {runs:.0f} (includes the container's sh/hostname), records"
         f" dropped in userspace {udrops:.0f}; agent without a backend (outbox only);"
         f" bpf_stats over the max-rate run (mean ns, runs): "
-        + ", ".join(
-            f"{k_}: {(st1[k_][0] - st0[k_][0]) / max(1, st1[k_][1] - st0[k_][1]):.0f} ns,"
-            f" {st1[k_][1] - st0[k_][1]}"
-            for k_ in sorted(st1)
-            if k_ in st0
-        ),
+        + ", ".join(f"{k_}: {ns / max(1, r):.0f} ns, {r}" for k_, (ns, r) in sorted(ran.items())),
         f"exec → outbox: {cnt:.0f} observations (python3 runs whose script was hashed at exec),"
         " kernel exec timestamp to the outbox commit; bucket bounds 1, 2.5, 5, 10, 25, 50,"
         f" 100 ms …; mean {fmt(None if mean is None else mean * 1000, 2)} ms",

@@ -102,6 +102,15 @@ def prog_stats(ids: set[int]) -> dict[str, tuple[int, int]]:
     return out
 
 
+def stats_delta(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]]
+) -> dict[str, tuple[int, int]]:
+    """{program name: (run_time_ns, run_cnt)} between two ``prog_stats`` readings."""
+    return {
+        k: (after[k][0] - before[k][0], after[k][1] - before[k][1]) for k in after if k in before
+    }
+
+
 def agent_prog_ids(log_text: str) -> set[int]:
     """The ids of the programs an agent attached, from its "program ids" log line (other
     procmon instances may load programs of the same names at the same time)."""
