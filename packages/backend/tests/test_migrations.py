@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
 
 from watcher_backend.db.engine import alembic_config, make_engine, migrate
 from watcher_backend.db.models import Base
+
+
+def _migrate_to(engine: Engine, rev: str, down: bool = False) -> None:
+    """Upgrade (or downgrade) ``engine``'s database to revision ``rev``."""
+    with engine.begin() as conn:
+        cfg = alembic_config(engine)
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, rev)
 
 
 @pytest.fixture
@@ -97,15 +107,11 @@ def test_0008_keeps_rows_indexes_and_triggers(empty_db_url: str) -> None:
     """0007 -> 0008 on a database with data: rows copied, create/modify file_events gone,
     snapshot indexes and the stats triggers still there (a DELETE still updates stats),
     ``events`` WITHOUT ROWID on SQLite and still rejecting a second copy of an id."""
-    from alembic import command
     from sqlalchemy.exc import IntegrityError
 
     engine = make_engine(empty_db_url)
     try:
-        with engine.begin() as conn:
-            cfg = alembic_config(engine)
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "0007")
+        _migrate_to(engine, "0007")
         with engine.begin() as conn:
             x = conn.execute
             _one_student_file(conn)
@@ -172,16 +178,10 @@ def test_0008_keeps_rows_indexes_and_triggers(empty_db_url: str) -> None:
 def test_0010_backfills_size_counts_and_downgrades(empty_db_url: str) -> None:
     """0009 -> 0010 on a database with snapshots: the per-size counts are backfilled, a
     DELETE and an UPDATE keep them (triggers), and 0010 -> 0009 brings the index back."""
-    from alembic import command
-
     engine = make_engine(empty_db_url)
     counts = "SELECT size, snapshots FROM snapshot_size_counts ORDER BY size"
 
-    def to(rev: str, down: bool = False) -> None:
-        with engine.begin() as conn:
-            cfg = alembic_config(engine)
-            cfg.attributes["connection"] = conn
-            (command.downgrade if down else command.upgrade)(cfg, rev)
+    to = partial(_migrate_to, engine)
 
     try:
         to("0009")
@@ -223,19 +223,13 @@ def test_0010_backfills_size_counts_and_downgrades(empty_db_url: str) -> None:
 def test_0011_rebuilds_blobs_keyed_by_id_and_downgrades(empty_db_url: str) -> None:
     """0010 -> 0011 keeps every blob byte for byte, finds them through the prefix index,
     and 0011 -> 0010 brings back the sha256 primary key."""
-    from alembic import command
-
     from watcher_backend.blobs import load_blob, pack_blob
 
     engine = make_engine(empty_db_url)
     contents = [b"int main(void) { return 0; }\n" * 20, b"tiny", bytes(range(256)) * 3]
     blobs = [pack_blob(hashlib.sha256(c).hexdigest(), c) for c in contents]
 
-    def to(rev: str, down: bool = False) -> None:
-        with engine.begin() as conn:
-            cfg = alembic_config(engine)
-            cfg.attributes["connection"] = conn
-            (command.downgrade if down else command.upgrade)(cfg, rev)
+    to = partial(_migrate_to, engine)
 
     def blob_indexes() -> dict[str, bool]:
         if engine.dialect.name == "sqlite":  # the inspector skips expression indexes
