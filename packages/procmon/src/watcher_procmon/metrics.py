@@ -59,7 +59,8 @@ def process_name(cls: Classification, exe: str) -> str:
 
 
 class KernelCollector(Collector):
-    """The in-kernel counters, read at scrape time (cumulative since the agent loaded)."""
+    """The in-kernel counters (cumulative since the agent loaded) as the tracer loop last
+    read them: at its health check, every HEALTH_CHECK_S (5 s), so up to 5 s old."""
 
     def __init__(self, read: Callable[[], Counters | None]) -> None:
         self._read = read
