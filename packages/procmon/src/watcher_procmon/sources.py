@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import hashlib
 import os
 import posixpath
@@ -33,8 +34,6 @@ _SYS_OPENAT2 = 437  # the same number on every architecture (asm-generic unified
 _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_IN_ROOT = 0x10
 _libc = ctypes.CDLL(None, use_errno=True)
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
 
 Status = Literal["ok", "binary", "too_large", "gone", "missing", "not_regular", "error"]
 Via = Literal["self", "parent", "peer", "missing"]  # whose /proc/<pid>/root was read
@@ -55,6 +54,9 @@ class SourceRead:
     mtime_ns: int | None = None
 
 
+# A pure function of two strings, asked for each source of each compile (the agent's
+# attribution, the capture, the run's source_files): memoised.
+@functools.lru_cache(maxsize=4096)
 def container_path(cwd: str, arg: str) -> str | None:
     """An argv path -> absolute container path (None when the cwd is unknown)."""
     if arg.startswith("/"):
@@ -64,21 +66,27 @@ def container_path(cwd: str, arg: str) -> str | None:
     return posixpath.normpath(posixpath.join(cwd, arg))
 
 
+# One open_how for every call (never written): built and converted once, not per file.
+_HOW = _OpenHow(
+    flags=os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC,
+    mode=0,
+    resolve=_RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS,
+)
+_HOW_ADDR = ctypes.addressof(_HOW)
+_HOW_SIZE = ctypes.sizeof(_HOW)
+_openat2_call = ctypes.CFUNCTYPE(
+    ctypes.c_long,
+    ctypes.c_long,
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    use_errno=True,
+)(("syscall", _libc))
+
+
 def _openat2(dirfd: int, path: str) -> int:
-    how = _OpenHow(
-        flags=os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC,
-        mode=0,
-        resolve=_RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS,
-    )
-    fd = int(
-        _syscall(
-            ctypes.c_long(_SYS_OPENAT2),
-            ctypes.c_int(dirfd),
-            os.fsencode(path),
-            ctypes.byref(how),
-            ctypes.c_size_t(ctypes.sizeof(how)),
-        )
-    )
+    fd: int = _openat2_call(_SYS_OPENAT2, dirfd, os.fsencode(path), _HOW_ADDR, _HOW_SIZE)
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
@@ -88,8 +96,10 @@ def _openat2(dirfd: int, path: str) -> int:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _start_ticks(stat_text: str) -> int:
+def _start_ticks(stat_text: str | bytes) -> int:
     # comm (field 2) may hold spaces and parentheses: split after the last ")"
+    if isinstance(stat_text, bytes):
+        return int(stat_text.rsplit(b")", 1)[1].split()[19])
     return int(stat_text.rsplit(")", 1)[1].split()[19])
 
 
@@ -137,6 +147,86 @@ def open_pid(
     return pid_fd, start
 
 
+def open_root(
+    pid: int,
+    proc: str = "/proc",
+    *,
+    fork_ns: int | None = None,
+    born_by_ns: int | None = None,
+    mntns: int = 0,
+) -> int | None:
+    """The root directory of ``pid`` (an ``O_PATH`` fd), with :func:`open_pid`'s checks, in
+    fewer syscalls (this runs for every compile): the root is opened *first* and the process
+    checked after. A check that passes names a process that is alive now and started before
+    the exec that brought us here, so it held the pid all along, when the root was opened
+    too: a recycled pid is never read. None when the process is gone or fails a check."""
+    base = f"{proc}/{pid}/"
+    try:
+        root = os.open(base + "root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        # the ns link reads "mnt:[<inode>]", the namespace's inode (what BPF records as
+        # mntns): half the cost of a stat through it
+        ok = not mntns or os.readlink(base + "ns/mnt") == f"mnt:[{mntns}]"
+        if ok:
+            stat_fd = os.open(base + "stat", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                text = os.read(stat_fd, 4096)
+            finally:
+                os.close(stat_fd)
+            # start_boottime in clock ticks: the exec record's fork time falls in the same
+            # tick, else this is a recycled pid
+            start = _start_ticks(text)
+            ok = (fork_ns is None or start == _ticks(fork_ns)) and (
+                born_by_ns is None or start <= _ticks(born_by_ns)
+            )
+    except (OSError, ValueError, IndexError):
+        ok = False
+    if not ok:
+        os.close(root)
+        return None
+    return root
+
+
+def read_source(root_fd: int, path: str, max_bytes: int = MAX_SOURCE_BYTES) -> SourceRead:
+    """Hash (and keep, if small and text) one file given as an absolute container path,
+    resolved inside the root ``root_fd``."""
+    try:
+        fd = _openat2(root_fd, path.lstrip("/") or ".")
+    except OSError as exc:
+        gone = exc.errno in (errno.ENOENT, errno.ENOTDIR)
+        return SourceRead(path, "missing" if gone else "error")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return SourceRead(path, "not_regular")
+        size = st.st_size
+        if size > max_bytes:
+            return SourceRead(path, "too_large", size=size, mtime_ns=st.st_mtime_ns)
+        # one read for a file that is as fstat said (a regular file reads short only at
+        # its end); one that changed meanwhile is read on to its end, up to one byte
+        # past the cap (which tells a file that grew past it)
+        data = os.read(fd, size + 1)
+        if len(data) != size:
+            chunks = [data]
+            left = max_bytes + 1 - len(data)
+            while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
+                chunks.append(chunk)
+                left -= len(chunk)
+            data = b"".join(chunks)
+    except OSError:
+        return SourceRead(path, "error")
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        return SourceRead(path, "too_large", size=len(data), mtime_ns=st.st_mtime_ns)
+    sha = hashlib.sha256(data).hexdigest()
+    if data.find(b"\0", 0, BINARY_PROBE) >= 0:
+        return SourceRead(path, "binary", sha, len(data), mtime_ns=st.st_mtime_ns)
+    return SourceRead(path, "ok", sha, len(data), data, st.st_mtime_ns)
+
+
 class ProcessRoot:
     """The root directory of one running process (a context manager; closes its fds)."""
 
@@ -148,10 +238,8 @@ class ProcessRoot:
         cls, pid: int, fork_ns: int, proc: str = "/proc", *, mntns: int = 0
     ) -> ProcessRoot | None:
         """None when the process is gone (or the pid now belongs to another process)."""
-        opened = open_pid(pid, proc, fork_ns=fork_ns, mntns=mntns)
-        if opened is None:
-            return None
-        return cls._from_pid_fd(opened[0])
+        root = open_root(pid, proc, fork_ns=fork_ns, mntns=mntns)
+        return None if root is None else cls(root)
 
     @classmethod
     def _from_pid_fd(cls, pid_fd: int) -> ProcessRoot | None:
@@ -165,33 +253,7 @@ class ProcessRoot:
 
     def read(self, path: str, max_bytes: int = MAX_SOURCE_BYTES) -> SourceRead:
         """Hash (and keep, if small and text) one file given as an absolute container path."""
-        try:
-            fd = _openat2(self._fd, path.lstrip("/") or ".")
-        except OSError as exc:
-            gone = exc.errno in (errno.ENOENT, errno.ENOTDIR)
-            return SourceRead(path, "missing" if gone else "error")
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                return SourceRead(path, "not_regular")
-            if st.st_size > max_bytes:
-                return SourceRead(path, "too_large", size=st.st_size, mtime_ns=st.st_mtime_ns)
-            chunks: list[bytes] = []
-            left = max_bytes + 1  # one more byte tells a file that grew past the cap
-            while left > 0 and (chunk := os.read(fd, min(left, 1 << 16))):
-                chunks.append(chunk)
-                left -= len(chunk)
-            data = b"".join(chunks)
-        except OSError:
-            return SourceRead(path, "error")
-        finally:
-            os.close(fd)
-        if len(data) > max_bytes:
-            return SourceRead(path, "too_large", size=len(data), mtime_ns=st.st_mtime_ns)
-        sha = hashlib.sha256(data).hexdigest()
-        if b"\0" in data[:BINARY_PROBE]:
-            return SourceRead(path, "binary", sha, len(data), mtime_ns=st.st_mtime_ns)
-        return SourceRead(path, "ok", sha, len(data), data, st.st_mtime_ns)
+        return read_source(self._fd, path, max_bytes)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -264,11 +326,23 @@ def capture_sources(
     paths = [p for a in args if (p := container_path(cwd, a)) is not None]
     if not paths:
         return [], "missing"
-    found = stand_in(pid, fork_ns, ppid=ppid, mntns=mntns, peers=peers, proc=proc)
-    if found is None:
-        return [SourceRead(p, "gone") for p in paths], "missing"
-    root = ProcessRoot._from_pid_fd(found.pid_fd)
+    # the stand-ins of stand_in(), in the same order, each opened as open_root() does
+    via: Via = "self"
+    root = open_root(pid, proc, fork_ns=fork_ns, mntns=mntns)
+    if root is None and mntns:  # without the namespace no stand-in's view is known same
+        via = "parent"
+        if ppid > 1:
+            root = open_root(ppid, proc, born_by_ns=fork_ns, mntns=mntns)
+        if root is None:
+            via = "peer"
+            for peer, peer_fork in peers:
+                if peer not in (pid, ppid):
+                    root = open_root(peer, proc, fork_ns=peer_fork, mntns=mntns)
+                    if root is not None:
+                        break
     if root is None:
         return [SourceRead(p, "gone") for p in paths], "missing"
-    with root:
-        return [root.read(p) for p in paths], found.via
+    try:
+        return [read_source(root, p) for p in paths], via
+    finally:
+        os.close(root)
