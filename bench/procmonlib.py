@@ -1,14 +1,19 @@
 """Helpers for the procmon benchmarks (i, j): root check, the BPF object, the fork+exec
 load generator, a "student container" (``unshare --uts`` with a ``jcode-…`` hostname),
-a procmon agent and the BPF programs it loaded (for ``bpf_stats``)."""
+a stub backend, a procmon agent and the BPF programs it loaded (for ``bpf_stats``)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +70,48 @@ def forkexec(
         in_container(cmd) if container else cmd, capture_output=True, text=True, check=True
     ).stdout.split()
     return int(out[0]), float(out[1])
+
+
+# Answers every event of a batch "stored" (HTTP/1.1 keep-alive, as the sender expects):
+# the agent's sender then does its real work per request (batching, HTTP, parsing the
+# results, acking in the outbox), in a process of its own so none of it is the stub's.
+_STUB = """
+import json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        out = json.dumps({"results": [{"event_id": e["event_id"], "status": "stored"}
+                                      for e in body.get("events", [])]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+@contextlib.contextmanager
+def stub_backend() -> Iterator[str]:
+    """A backend that acks every event (see _STUB); yields its base URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", _STUB, str(port)])
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the stub backend did not start")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(5)
 
 
 def procmon(tmp: Path, api_server: str | None = None, token: str = "bench", **env: str) -> Agent:

@@ -31,8 +31,11 @@ class AgentRuntime:
         outbox_path: str | Path,
         version: str,
         registry: CollectorRegistry,
+        *,
+        linger_s: float | None = None,
     ) -> AgentRuntime:
-        """Open the outbox, a Health reporting its depth, and a Sender draining it."""
+        """Open the outbox, a Health reporting its depth, and a Sender draining it.
+        ``linger_s``: the sender's wait for a burst to fill its batch (None: its default)."""
         outbox = Outbox(outbox_path, budget_bytes=settings.outbox_budget_bytes)
         health = Health(service, info=lambda: {"outbox_events": outbox.stats().events})
         sender = Sender(
@@ -42,4 +45,6 @@ class AgentRuntime:
             registry=registry,
             user_agent=f"{service}/{version}",
         )
+        if linger_s is not None:
+            sender.linger_s = linger_s
         return cls(outbox, health, sender)

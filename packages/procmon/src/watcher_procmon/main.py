@@ -20,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -52,6 +53,10 @@ GAP_S = 0.03
 # make -j2 took ~55 reads, now ~25 (each read is a cold start of the pipeline)
 BUILD_GAP_S = 0.06
 BUILD_WINDOW_S = 0.5
+# The sender's wait for a burst to fill its batch (its default: 0.2 s). A request costs the
+# agent a few ms of CPU whatever its size, and a build's runs came in ~5 requests a second
+# (more CPU than tracing the build); a run reaches the backend up to a second later.
+SEND_LINGER_S = 1.0
 
 ENV_HELP = """environment:
   STATE_DIR                         durable state; outbox at STATE_DIR/outbox.db
@@ -158,6 +163,8 @@ class TracerLoop:
         hold_s: float = HOLD_S,
         gap_s: float = GAP_S,
         build_gap_s: float = BUILD_GAP_S,
+        *,
+        on_exit: Callable[[], None] | None = None,
     ) -> None:
         self.tracer = tracer
         self.pipeline = pipeline
@@ -165,6 +172,7 @@ class TracerLoop:
         self.hold_s = hold_s
         self.gap_s = gap_s
         self.build_gap_s = build_gap_s
+        self.on_exit = on_exit  # called from the thread as it ends (stopped or failed)
         self.counters: Counters | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="procmon-tracer", daemon=True)
@@ -218,6 +226,8 @@ class TracerLoop:
                 log.exception("held records could not be written")
         finally:
             self.pipeline.close()
+            if self.on_exit is not None:
+                self.on_exit()
 
     def _check(self) -> None:
         c = self.counters = self.tracer.counters()
@@ -240,27 +250,39 @@ class TracerLoop:
 
 async def run(cfg: ProcmonConfig, tracer: Tracer) -> int:
     preload_transport()  # the first send's lazy imports, paid before "ready"
-    rt = AgentRuntime.open("watcher-procmon", cfg.agent, cfg.outbox_path, agent_version(), REGISTRY)
+    rt = AgentRuntime.open(
+        "watcher-procmon",
+        cfg.agent,
+        cfg.outbox_path,
+        agent_version(),
+        REGISTRY,
+        linger_s=SEND_LINGER_S,
+    )
     outbox, health, sender = rt.outbox, rt.health, rt.sender
     sender.prepare()  # its HTTP client's TLS setup, also paid before "ready"
     metrics = ProcmonMetrics(REGISTRY)
     pipeline = Pipeline(
         outbox, node=cfg.agent.node_name, identity=cfg.identity, metrics=metrics, health=health
     )
-    loop_ = TracerLoop(tracer, pipeline, health)
-    REGISTRY.register(KernelCollector(lambda: loop_.counters))
-    http = AgentHttpServer(health, REGISTRY, port=cfg.agent.metrics_port).start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+
+    def tracer_ended() -> None:
+        # the tracer thread ended (a failure: stop() was not asked): the agent stops too
+        with contextlib.suppress(RuntimeError):  # the event loop is already closed
+            loop.call_soon_threadsafe(stop.set)
+
+    # woken by a signal or the tracer's end, not a timer: an idle agent wakes for nothing
+    loop_ = TracerLoop(tracer, pipeline, health, on_exit=tracer_ended)
+    REGISTRY.register(KernelCollector(lambda: loop_.counters))
+    http = AgentHttpServer(health, REGISTRY, port=cfg.agent.metrics_port).start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sender_task = loop.create_task(sender.run_forever())
     loop_.start()
     log.info("procmon ready: tracing student containers (prefix %r)", cfg.prefix)
     try:
-        while not stop.is_set() and loop_.alive:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+        await stop.wait()
         log.info("procmon stopping")
     finally:
         t0 = time.monotonic()
