@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from typing import Protocol, runtime_checkable
 
@@ -309,7 +310,7 @@ class Pipeline:
                 cls.sources,
                 ppid=ev.ppid,
                 mntns=ev.mntns,
-                peers=self.namespaces.peers(ev.mntns),
+                peers=self.namespaces.iter_peers(ev.mntns),  # listed only if asked
                 proc=self.proc,
             )
             self._via[via].inc()
@@ -340,10 +341,11 @@ class Pipeline:
         )
 
     def _snapshots(self, ev: ExecEvent, org: Origin, reads: list[SourceRead]) -> None:
-        start = self.pairer.clock.to_utc(ev.ts_ns)
+        start: datetime | None = None  # only for a snapshot that is sent
+        hashed = 0
         for r in reads:
             if r.sha256:
-                self._hashed.inc()
+                hashed += 1
             else:
                 self.metrics.sources.labels(outcome=r.status).inc()
             target = snapshot_target(r, org, self.identity)
@@ -357,6 +359,8 @@ class Pipeline:
                 continue  # unchanged since we last sent it: the run's hash points at it
             snap: FileSnapshot | EncodedEvent | None = None
             content = r.content
+            if start is None:
+                start = self.pairer.clock.to_utc(ev.ts_ns)
             if self._encoded is not None:
                 snap = snapshot_encoded(r, org, target, start, self.node, self.version)
                 if snap is not None:
@@ -377,6 +381,8 @@ class Pipeline:
             if len(self._sent) > SNAPSHOT_MEMORY:
                 self._sent.popitem(last=False)
             self._put(snap, content, self._count_snapshot, self._unsent(key, sha, prev))
+        if hashed:
+            self._hashed.inc(hashed)
         if reads:
             ts = ev.ts_ns
             self._after(lambda: self.metrics.exec_to_outbox.observe(_since(ts)))
@@ -508,11 +514,15 @@ class Pipeline:
             self.health.clear("outbox_full")
         observe = self.metrics.end_to_outbox.observe
         now = _boot_ns()
+        runs: dict[_Inc, int] = {}  # one inc per process_name child, not per run
         for item in items:
             if item.done is not None:
                 item.done()
-            if item.run_counter is not None:
-                self.runs += 1
-                item.run_counter.inc()
+            counter = item.run_counter
+            if counter is not None:
+                runs[counter] = runs.get(counter, 0) + 1
                 if item.end_ns is not None:
                     observe(max(0, now - item.end_ns) / 1e9)
+        for counter, n in runs.items():
+            self.runs += n
+            counter.inc(n)

@@ -30,6 +30,7 @@ import re
 import select
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from watcher_common.identity import DEFAULT, IdentityConfig, Workspace, parse_workspace_dir
@@ -203,6 +204,10 @@ class Namespaces:
         """``(pid, fork_ns)`` of processes seen exec'ing in ``mntns``, oldest first (they may
         have exited since: callers check)."""
         return list(self._peers.get(mntns, {}).items())
+
+    def iter_peers(self, mntns: int) -> Iterator[tuple[int, int]]:
+        """:meth:`peers`, listed at the first ``next()`` (most captures never ask)."""
+        yield from self.peers(mntns)
 
     def prune(self, mntns: int) -> None:
         """Forget peers of ``mntns`` that are gone (an exit we did not see: e.g. the pod

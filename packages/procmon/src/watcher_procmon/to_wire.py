@@ -324,7 +324,7 @@ def process_run_encoded(
         or not 1 <= len(ws.student_id) <= 64
         or (assignment is not None and not 1 <= len(assignment) <= 128)
         or (output is not None and len(output) > _STR_MAX)
-        or any(len(a) > 1_000_000 for a in argv)
+        or max(map(len, argv), default=0) > 1_000_000
     ):
         return None
     event_id = new_event_id()
