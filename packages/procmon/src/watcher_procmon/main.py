@@ -53,6 +53,12 @@ GAP_S = 0.03
 # make -j2 took ~55 reads, now ~25 (each read is a cold start of the pipeline)
 BUILD_GAP_S = 0.06
 BUILD_WINDOW_S = 0.5
+# An idle reader's periodic poll backs off: each empty one doubles the next timeout (from
+# the tracer's poll_ms) up to IDLE_POLL_MS; a read with records brings it back. Each wakeup
+# costs ~0.2-0.3 ms of CPU here, and an idle agent woke 20 times a second. What waits
+# longer is only a record sent without a wakeup (an exit, a student program's exec) as the
+# first after a quiet spell: compiler and interpreter execs wake the reader at once.
+IDLE_POLL_MS = 200
 # The sender's wait for a burst to fill its batch (its default: 0.2 s). A request costs the
 # agent a few ms of CPU whatever its size, and a build's runs came in ~5 requests a second
 # (more CPU than tracing the build); a run reaches the backend up to a second later.
@@ -173,6 +179,7 @@ class TracerLoop:
         self.gap_s = gap_s
         self.build_gap_s = build_gap_s
         self.on_exit = on_exit  # called from the thread as it ends (stopped or failed)
+        self.poll_ms = tracer.config.poll_ms  # the periodic poll's timeout now (see step)
         self.counters: Counters | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="procmon-tracer", daemon=True)
@@ -186,13 +193,18 @@ class TracerLoop:
     def step(self) -> int:
         """One ring buffer read fed to the pipeline; how many records it had."""
         due = self.pipeline.commit_due_in()
-        timeout = self.tracer.config.poll_ms
+        timeout = self.poll_ms
         if due is not None:
             timeout = min(timeout, math.ceil(due * 1e3))
         t0 = time.monotonic()
         events = self.tracer.read_events(timeout)
         waited_ms = (time.monotonic() - t0) * 1e3
         woken = waited_ms < timeout - 1  # by a record, not the timer
+        base = self.tracer.config.poll_ms
+        if events:
+            self.poll_ms = base
+        elif not woken:
+            self.poll_ms = min(max(self.poll_ms * 2, 1), max(base, IDLE_POLL_MS))
         # Records already there when the read began (after a gap): a burst, whose writes
         # wait for its next reads. A read that waited for its record (a lone compile or
         # run) and the periodic poll write at once.
