@@ -24,22 +24,24 @@ agent's userspace CPU at 200 student execs/s, and the slowdown of a real build.
    outbox's first blob): paid once per agent in production, it is not a per-build cost.
 
    The target check uses the CPU procmon adds to a build, over the build's own CPU time
-   (median of the rounds): the agent's on-CPU time from the timed build's start to 0.5 s
-   after its end (schedstat of its threads, ns; it includes draining the build's records)
-   plus its BPF programs' run time during the build (bpf_stats; charged to the compilers,
-   and it includes every other exec on the machine meanwhile). Both terms are measured
-   directly, so the figure holds on a shared machine; it is the slowdown if every
-   nanosecond of it competed with the compilers (the agent runs at nice 10, so in fact
-   it mostly fills the build's idle moments). What it leaves out, indirect costs such as
-   cache pollution, is in the other two figures, which are reported as medians of
-   per-round paired ratios (with / without of the same round: slow drifts of the shared
-   machine cancel) with a distribution-free 95% interval (order statistics of the
-   median): the wall time, and the CPU form (build CPU with - build CPU without + agent
-   CPU) / build CPU without (children's user+sys from rusage). Their run-to-run noise
-   here is ±5-15% per build, so at 20 rounds their intervals are several % wide: they
-   can show a large slowdown, not one of 1%. Also reported: the medians of wall and
-   build CPU times, the agent's CPU per build alone, and exec → outbox p99 during the
-   builds (the agent's histogram, summed over the rounds).
+   (median of the rounds): the agent's on-CPU time from the timed build's start until,
+   after a 0.5 s drain of the build's records, the stub backend has had the agent's next
+   request (its sender lingers up to SEND_LINGER_S to batch: the request that sends the
+   build's runs is counted, and so is the agent's idle CPU while it waits; schedstat of
+   its threads, ns) plus its BPF programs' run time during the build (bpf_stats; charged
+   to the compilers, and it includes every other exec on the machine meanwhile). Both
+   terms are measured directly, so the figure holds on a shared machine; it is the
+   slowdown if every nanosecond of it competed with the compilers (the agent runs at
+   nice 10, so in fact it mostly fills the build's idle moments). What it leaves out,
+   indirect costs such as cache pollution, is in the other two figures, which are
+   reported as medians of per-round paired ratios (with / without of the same round:
+   slow drifts of the shared machine cancel) with a distribution-free 95% interval
+   (order statistics of the median): the wall time, and the CPU form (build CPU with -
+   build CPU without + agent CPU) / build CPU without (children's user+sys from rusage).
+   Their run-to-run noise here is ±5-15% per build, so at 20 rounds their intervals are
+   several % wide: they can show a large slowdown, not one of 1%. Also reported: the
+   medians of wall and build CPU times, the agent's CPU per build alone, and exec →
+   outbox p99 during the builds (the agent's histogram, summed over the rounds).
 
 The agent sends to a stub backend (a separate process that answers every event "stored"):
 its sender's work per request (batching, HTTP, acks in the outbox) is part of the agent's
@@ -78,7 +80,10 @@ from procmonlib import (
     stub_backend,
     syscall_ns,
     tracing_progs,
+    wait_sent,
 )
+
+from watcher_procmon.main import SEND_LINGER_S
 
 STAT_EXECS = int(os.environ.get("BENCH_PM_STAT_EXECS", "5000"))
 CPU_SECONDS = float(os.environ.get("BENCH_PM_CPU_SECONDS", "30"))
@@ -203,6 +208,7 @@ def body(result: Result) -> None:
             cpu0 = pm.cpu_ticks()
             n200, secs200 = forkexec(gen, CPU_SECONDS, 200, 1, ["/bin/true"])
             time.sleep(1.0)  # the last events reach the agent
+            wait_sent(api, SEND_LINGER_S + 1.0)  # ... and the backend (their request counts)
             cpu = (pm.cpu_ticks() - cpu0) / CLK_TCK / (secs200 + 1.0)
         sys_without = min(sys_without, syscall_ns(sysloop))  # before and after the agent
         # ---- 3: build slowdown ------------------------------------------------------
@@ -212,6 +218,7 @@ def body(result: Result) -> None:
         agent_cpu: list[float] = []  # the agent's on-CPU s per traced build (+0.5 s drain)
         bpf_cpu: list[float] = []  # its BPF programs' run time during the traced build, s
         latency: dict[str, float] = {}  # exec -> outbox histogram summed over the rounds
+        sent = 0  # rounds whose window ended with a request to the backend
         with sysctl("kernel/bpf_stats_enabled", "1"):
             for r in range(ROUNDS):
                 order = (True, False) if r % 2 == 0 else (False, True)
@@ -226,6 +233,8 @@ def body(result: Result) -> None:
                             with_agent.append(build(proj))
                             st1 = prog_stats(progs)
                             time.sleep(0.5)
+                            # until the build's runs are sent: their request is a cost too
+                            sent += wait_sent(api, SEND_LINGER_S + 1.0)
                             agent_cpu.append((pm.cpu_ns() - cpu0) / 1e9)
                             ran = stats_delta(st0, st1)
                             bpf_cpu.append(sum(ns for ns, _ in ran.values()) / 1e9)
@@ -347,7 +356,9 @@ def body(result: Result) -> None:
         f" {[round(c * 1000, 1) for c in agent_cpu]} ms; its BPF programs' run time per"
         f" traced build {[round(c * 1000, 2) for c in bpf_cpu]} ms (all execs on the machine"
         f" meanwhile, bpf_stats on in both arms); other procmon programs loaded on the machine"
-        f" meanwhile (e.g. other tests): {others}",
+        f" meanwhile (e.g. other tests): {others}; rounds whose agent CPU window ended with"
+        f" the request that sent the build's runs to the stub backend: {sent}/{ROUNDS} (else"
+        f" it ended {SEND_LINGER_S + 1:.1f} s after the 0.5 s drain)",
     ]
 
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -75,15 +76,26 @@ def forkexec(
 # Answers every event of a batch "stored" (HTTP/1.1 keep-alive, as the sender expects):
 # the agent's sender then does its real work per request (batching, HTTP, parsing the
 # results, acking in the outbox), in a process of its own so none of it is the stub's.
+# GET /stats: how many requests and events it has had.
 _STUB = """
-import json, sys
+import json, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+lock = threading.Lock()
+stats = {"requests": 0, "events": 0}
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        with lock:
+            self._answer(json.dumps(stats).encode())
     def do_POST(self):
+        with lock:
+            stats["requests"] += 1
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
-        out = json.dumps({"results": [{"event_id": e["event_id"], "status": "stored"}
-                                      for e in body.get("events", [])]}).encode()
+        with lock:
+            stats["events"] += len(body.get("events", []))
+        self._answer(json.dumps({"results": [{"event_id": e["event_id"], "status": "stored"}
+                                             for e in body.get("events", [])]}).encode())
+    def _answer(self, out):
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(out)))
@@ -93,6 +105,25 @@ class H(BaseHTTPRequestHandler):
         pass
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 """
+
+
+def stub_stats(url: str) -> dict[str, int]:
+    """The stub backend's counts: {"requests": n, "events": n}."""
+    with urllib.request.urlopen(f"{url}/stats", timeout=5) as r:
+        got: dict[str, int] = json.loads(r.read())
+    return got
+
+
+def wait_sent(url: str, timeout_s: float) -> bool:
+    """Wait for the stub's next request (one that began after this call): whatever the
+    agent had in its outbox before is then sent. False on timeout."""
+    before = stub_stats(url)["requests"]
+    deadline = time.monotonic() + timeout_s
+    while stub_stats(url)["requests"] <= before:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 @contextlib.contextmanager
