@@ -148,14 +148,18 @@ class AgentHttpServer:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
-    def start(self) -> AgentHttpServer:
+    def start(self, poll_interval_s: float = 0.2) -> AgentHttpServer:
+        """Serve in a thread; ``poll_interval_s``: how often it wakes to see whether
+        :meth:`stop` was asked (the longest stop() waits)."""
         handler = _make_handler(self._registry, self._health)
         server = ThreadingHTTPServer((self.host, self.port), handler)
         server.daemon_threads = True
         self._server = server
         self.port = int(server.server_address[1])
         self._thread = threading.Thread(
-            target=server.serve_forever, name="agent-http", kwargs={"poll_interval": 0.2}
+            target=server.serve_forever,
+            name="agent-http",
+            kwargs={"poll_interval": poll_interval_s},
         )
         self._thread.daemon = True
         self._thread.start()
