@@ -224,8 +224,10 @@ class Tracer:
         takes the records that were submitted without one."""
         if self._rb is None:
             raise TracerError("tracer is closed")
-        self._rb.poll(self.config.poll_ms if timeout_ms is None else timeout_ms)
-        self._rb.consume()
+        # a poll that took records took all there were (one ring); one that took none may
+        # have timed out with records sent without a wakeup waiting
+        if not self._rb.poll(self.config.poll_ms if timeout_ms is None else timeout_ms):
+            self._rb.consume()
         out, self._events = self._events, []
         return out
 
