@@ -408,3 +408,49 @@ def test_lone_surrogate_in_a_rejected_id_is_answered(
     res = json.loads(r.content)["results"]
     assert [x["status"] for x in res] == ["rejected", "stored"]
     assert res[0]["event_id"] == "bad\ud800id"
+
+
+def test_snapshot_columns_in_a_mixed_batch(
+    client: TestClient, agent_headers: dict[str, str]
+) -> None:
+    """One batch whose snapshots differ in the columns the writer binds once per group of
+    rows (source, reconciled, too_large, node): every row keeps its own values, and ids
+    follow the events' order."""
+    variants: list[dict[str, Any]] = [
+        {"node": "node-a"},
+        {"node": "node-b", "reconciled": True},
+        {"node": "node-a", "source": "procmon"},
+        {"node": "node-b", "too_large": True},  # hashed, not uploaded: metadata only
+        {"node": "node-a"},
+        {"node": "", "source": "procmon", "reconciled": True},
+    ]
+    evs = []
+    for i, v in enumerate(variants):
+        content = f"int v{i};\n".encode() * 30
+        evs.append(snapshot(f"mix{i}.c", content, inline=not v.get("too_large"), **v))
+    assert statuses(post(client, agent_headers, evs)) == ["stored"] * len(evs)
+    ids = tuple(e["event_id"] for e in evs)
+    got = [
+        r
+        for r in rows(
+            client,
+            "SELECT event_id, source, reconciled, too_large, node, size, sha256 "
+            "FROM snapshots ORDER BY id",
+        )
+        if r[0] in ids
+    ]
+    want = [
+        (
+            e["event_id"],
+            e.get("source", "filemon"),
+            bool(e.get("reconciled", False)),
+            bool(e.get("too_large", False)),
+            e.get("node", ""),
+            e["size"],
+            e["sha256"],
+        )
+        for e in evs
+    ]
+    assert [(r[0], r[1], bool(r[2]), bool(r[3]), r[4], r[5], r[6]) for r in got] == want
+    kinds = {r[0]: r[1] for r in rows(client, "SELECT event_id, kind FROM events")}
+    assert [kinds.get(i) for i in ids] == ["file.snapshot"] * len(evs)

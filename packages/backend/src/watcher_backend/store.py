@@ -143,6 +143,8 @@ class IdCache:
 
 # No ON CONFLICT: duplicates were filtered out while planning; a concurrent writer's
 # insert of the same id fails the set-wise statements and the per-event retry answers it.
+# The last columns of INS_EVENT, INS_BLOB and INS_SNAPSHOT are the same for a whole group
+# of rows (kind, codec, node, ...): RawSql.insert_many binds them once per statement.
 INS_EVENT = "INSERT INTO events (event_id, kind, received_us) VALUES (?, ?, ?)"
 SEL_CLASS = "SELECT id FROM classes WHERE class_div = ?"
 INS_CLASS = "INSERT INTO classes (class_div, subject, division) VALUES (?, ?, ?)"
@@ -170,7 +172,7 @@ UPD_FILES_FROM = (
 # writer is the only writer, so nothing can conflict; PostgreSQL's concurrent writers
 # have its unique sha256 index decide (see db.models.BlobRow).
 _INS_BLOB = (
-    "INSERT INTO blobs (sha256, size, stored_size, codec, data, created_us) "
+    "INSERT INTO blobs (sha256, size, stored_size, data, codec, created_us) "
     "VALUES (?, ?, ?, ?, ?, ?)"
 )
 INS_BLOB = {
@@ -346,9 +348,11 @@ class _Batch:
         self.raw = raw
         self.cache = cache
         self.received = received
-        self.events: list[tuple[str, str, int]] = []
-        self.blobs: dict[str, tuple[Any, ...]] = {}
-        self.snapshots: list[tuple[Any, ...]] = []
+        # rows grouped by the values of their statement's shared last columns (see INS_*)
+        self.events: dict[str, list[tuple[str]]] = {}  # kind -> (event_id,)
+        self.blobs: dict[str, list[tuple[Any, ...]]] = {}  # codec -> rows
+        # (source, reconciled, too_large, node) -> rows
+        self.snapshots: dict[tuple[str, bool, bool, str], list[tuple[Any, ...]]] = {}
         self.file_events: list[tuple[Any, ...]] = []
         self.runs: list[tuple[Any, ...]] = []
         self.run_sources: list[tuple[Any, ...]] = []
@@ -474,42 +478,39 @@ class _Batch:
     # -- per kind: every check (raise) first, then writes ----------------------------------
 
     def snapshot(self, p: Prepared, ev: SnapshotEvent) -> None:
+        # The hot path (~3,000 snapshots per commit): the cached cases inline, misses go
+        # through the methods.
         checked = self.check_student(ev)
         cache = self.cache
         if p.content_error is not None:
             raise Rejected(p.content_error)
         blob = p.blob
-        if blob is None and ev.sha256 is not None:
-            size = cache.blob_sizes.get(ev.sha256)
-            if size is None:
+        sha = ev.sha256
+        size = ev.size
+        if blob is None and sha is not None:
+            known = cache.blob_sizes.get(sha)
+            if known is None:
                 if not ev.too_large:  # too_large: hashed but deliberately not uploaded
                     raise Retry("blob not uploaded")
-            elif size != ev.size:
-                raise Rejected(f"blob {ev.sha256} is {size} bytes but size says {ev.size}")
+            elif known != size:
+                raise Rejected(f"blob {sha} is {known} bytes but size says {size}")
         elif blob is None and not (ev.too_large or ev.source == "compat"):
             raise Rejected(
                 "snapshot has neither content_b64 nor sha256 "
                 "(metadata-only is allowed only for too_large or source=compat)"
             )
-        # The cached cases inline (the hot path: ~1,000 snapshots per commit); misses go
-        # through the methods.
         cid, spk = checked if isinstance(checked, tuple) else self.student(ev, checked)
         aid = cache.assignments.get((cid, ev.assignment))
         if aid is None:
             aid = self.assignment(cid, ev.assignment)
         key = (spk, aid, ev.path)
-        if blob is not None and blob.sha256 not in cache.blob_sizes:
-            self.blobs[blob.sha256] = (
-                blob.sha256,
-                blob.size,
-                len(blob.data),
-                blob.codec,
-                blob.data,
-                self.received,
-            )
-            cache.blob_sizes[blob.sha256] = blob.size
+        if blob is not None and blob.sha256 not in cache.blob_sizes:  # blob.sha256 == sha
+            blobs = self.blobs.get(blob.codec)
+            if blobs is None:
+                blobs = self.blobs[blob.codec] = []
+            blobs.append((blob.sha256, size, len(blob.data), blob.data))
+            cache.blob_sizes[blob.sha256] = size
         ts = to_us(ev.ts)
-        sha = ev.sha256
         state = cache.files.get(key) or self.file(key)
         if state is None:
             state = self.create_file(key, ts, deleted=False, last_sha256=sha)
@@ -522,7 +523,6 @@ class _Batch:
                 state.deleted = False
                 state.last_sha256 = sha
                 self.dirty[state.id] = state
-        size = ev.size
         totals = self.stats.get((aid, spk))
         if totals is None:
             self.stats[(aid, spk)] = [1, size, ts]
@@ -532,25 +532,12 @@ class _Batch:
             if ts > totals[2]:
                 totals[2] = ts
         self.sizes[(aid, size)] += 1
-        sid = next(self.snapshot_ids)
+        group = (ev.source, ev.reconciled, ev.too_large, ev.node)
+        rows = self.snapshots.get(group)
+        if rows is None:
+            rows = self.snapshots[group] = []
         # No file_events row: the snapshot is the create/modify record (migration 0008).
-        self.snapshots.append(
-            (
-                sid,
-                ev.event_id,
-                state.id,
-                spk,
-                aid,
-                ts,
-                size,
-                sha,
-                ev.source,
-                ev.reconciled,
-                ev.too_large,
-                ev.node,
-                self.received,
-            )
-        )
+        rows.append((next(self.snapshot_ids), ev.event_id, state.id, spk, aid, ts, size, sha))
 
     def delete(self, ev: FileDelete | FastFileDelete) -> None:
         cid, spk = self.student(ev, self.check_student(ev))
@@ -647,12 +634,14 @@ class _Batch:
     def flush(self) -> None:
         raw = self.raw
         # Parents before children (foreign keys): events, blobs, snapshots, file_events...
-        if self.events:
-            raw.insert_many(INS_EVENT, self.events)
-        if self.blobs:
-            raw.insert_many(INS_BLOB[raw.dialect], list(self.blobs.values()))
+        received = self.received
+        for kind, ids in self.events.items():
+            raw.insert_many(INS_EVENT, ids, (kind, received))
+        for codec, blobs in self.blobs.items():
+            raw.insert_many(INS_BLOB[raw.dialect], blobs, (codec, received))
+        for (source, reconciled, too_large, node), rows in self.snapshots.items():
+            raw.insert_many(INS_SNAPSHOT, rows, (source, reconciled, too_large, node, received))
         if self.snapshots:
-            raw.insert_many(INS_SNAPSHOT, self.snapshots)
             raw.insert_many(
                 INS_STATS[raw.dialect], [(a, s, *t) for (a, s), t in self.stats.items()]
             )
@@ -726,6 +715,7 @@ def apply_batch(conn: Connection, batch: Sequence[Prepared], cache: IdCache) -> 
 
     results: list[Outcome] = []
     seen: set[str] = set()
+    events = b.events
     for p in batch:
         ev = p.event
         eid = ev.event_id
@@ -750,7 +740,10 @@ def apply_batch(conn: Connection, batch: Sequence[Prepared], cache: IdCache) -> 
             results.append((eid, status, exc.message))
             continue
         seen.add(eid)  # only a stored event makes later copies duplicates
-        b.events.append((eid, ev.kind, b.received))
+        ids = events.get(ev.kind)
+        if ids is None:
+            ids = events[ev.kind] = []
+        ids.append((eid,))
         results.append((eid, "stored", None))
     b.flush()
     return results

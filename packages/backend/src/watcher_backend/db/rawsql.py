@@ -51,25 +51,40 @@ class RawSql:
     def executemany(self, text: str, rows: Sequence[Sequence[Any]]) -> None:
         self.cur.executemany(self.sql(text), rows)
 
-    def insert_many(self, text: str, rows: Sequence[Sequence[Any]]) -> None:
-        """``executemany`` for an ``INSERT ... VALUES (?, ...) [ON CONFLICT ...]``."""
+    def insert_many(
+        self, text: str, rows: Sequence[Sequence[Any]], shared: Sequence[Any] = ()
+    ) -> None:
+        """``executemany`` for an ``INSERT ... VALUES (?, ...) [ON CONFLICT ...]``.
+
+        ``shared``: the values of the statement's last ``len(shared)`` columns, the same
+        for every row (``rows`` hold the other columns). On SQLite they are bound once per
+        statement, not once per row: the driver's per-parameter cost (~0.3 µs) was a
+        quarter of a snapshot row's insert.
+        """
         if not self._sqlite:
             # psycopg pipelines executemany already: one round trip for all rows
+            if shared:
+                rows = [(*r, *shared) for r in rows]
             self.cur.executemany(self.sql(text), rows)
             return
         cur, n, k = self.cur, len(rows), 0
         while k < n:
             m = min(MAX_ROWS, 1 << ((n - k).bit_length() - 1))  # largest power of 2 that fits
-            cur.execute(self._multi(text, m), list(chain.from_iterable(rows[k : k + m])))
+            params = list(shared)
+            params.extend(chain.from_iterable(rows[k : k + m]))
+            cur.execute(self._multi(text, m, len(shared)), params)
             k += m
 
-    def _multi(self, text: str, m: int) -> str:
-        key = f"{m}:{text}"
+    def _multi(self, text: str, m: int, n_shared: int) -> str:
+        key = f"{m}:{n_shared}:{text}"
         out = self._sql.get(key)
         if out is None:
             head, rest = text.split("VALUES (", 1)  # the statement's one row of ?s
             params, tail = rest.split(")", 1)
-            out = self._sql[key] = f"{head}VALUES {', '.join([f'({params})'] * m)}{tail}"
+            if n_shared:
+                out = self._sql[key] = f"{head}VALUES {_numbered_rows(params, m, n_shared)}{tail}"
+            else:
+                out = self._sql[key] = f"{head}VALUES {', '.join([f'({params})'] * m)}{tail}"
         return out
 
     def scalar(self, text: str, params: Sequence[Any] = ()) -> Any:
@@ -86,6 +101,22 @@ class RawSql:
     def insert_ignore(self, text: str, params: Sequence[Any]) -> bool:
         """Run an ``INSERT ... ON CONFLICT DO NOTHING``; True when a row was added."""
         return int(self.execute(text, params).rowcount) == 1
+
+
+def _numbered_rows(params: str, m: int, n_shared: int) -> str:
+    """``m`` rows of ``params`` (``?, ?, ...``) whose last ``n_shared`` placeholders are
+    ``?1 .. ?n_shared`` in every row; each row's own placeholders are numbered after them
+    in order, so the parameters are ``[*shared, *row_0, *row_1, ...]``."""
+    width = params.count("?")
+    own = width - n_shared
+    if own < 1 or params.replace("?", "").replace(",", "").strip():
+        raise ValueError(f"not a row of plain placeholders: ({params})")
+    shared = [f"?{j}" for j in range(1, n_shared + 1)]
+    rows = []
+    for r in range(m):
+        base = n_shared + r * own
+        rows.append("(" + ", ".join([*(f"?{base + j}" for j in range(1, own + 1)), *shared]) + ")")
+    return ", ".join(rows)
 
 
 def raw_for(conn: Connection, holder: dict[str, Any]) -> RawSql:
