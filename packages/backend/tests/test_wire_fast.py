@@ -9,13 +9,15 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from watcher_backend import wire_fast
 from watcher_backend.ingest import parse_batch
 from watcher_backend.store import prepare_event
 from watcher_common.timeutil import to_us
-from watcher_common.wire import MAX_INLINE_CONTENT, Event, dump_event, parse_event
+from watcher_common.wire import MAX_INLINE_CONTENT, Event, dump_event, parse_event, rel_path_ok
 
 CONTENT = b"int main(void) { return 0; }\n"
 SHA = hashlib.sha256(CONTENT).hexdigest()
@@ -228,6 +230,28 @@ def test_fast_accepts_only_what_pydantic_accepts_with_equal_values(ev: dict[str,
     if fast is not None:
         assert slow is not None, "fast path accepted an event pydantic rejects"
         _same(fast[0], slow)
+
+
+# Batches checked as a whole (wire_fast._fields_ok): one bad event anywhere in a batch of
+# good ones sends the whole batch to pydantic.
+BAD_IN_BATCH = [
+    ev for ev in CASES if _pydantic(ev) is None and wire_fast.decode_batch(_body([ev])) is None
+]
+
+
+@pytest.mark.parametrize("position", [0, 1, 3])
+def test_one_bad_event_in_a_batch_falls_back(position: int) -> None:
+    good = [snapshot(event_id=f"good-{i:08d}") for i in range(3)] + [rename(), delete()]
+    assert wire_fast.decode_batch(_body(good)) is not None
+    for bad in BAD_IN_BATCH:
+        batch = [*good[:position], bad, *good[position:]]
+        assert wire_fast.decode_batch(_body(batch)) is None, bad
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.text(alphabet="a./\x00", max_size=8), max_size=6))
+def test_paths_checked_together_as_each_alone(paths: list[str]) -> None:
+    assert wire_fast.paths_ok(paths) == all(rel_path_ok(p) for p in paths)
 
 
 def test_common_events_take_the_fast_path() -> None:
