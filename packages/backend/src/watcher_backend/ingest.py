@@ -119,13 +119,6 @@ def _too_many(n: int, limit: int) -> HTTPException:
     return HTTPException(413, f"too many events in one batch: {n} > {limit}")
 
 
-def _result_json(r: Outcome) -> dict[str, str]:
-    eid, status, error = r
-    if error is None:
-        return {"event_id": eid, "status": status}
-    return {"event_id": eid, "status": status, "error": error}
-
-
 @router.post(
     "/api/v1/events",
     response_model=None,
@@ -146,9 +139,19 @@ async def ingest_events(request: Request) -> Response:
     if batch.valid:
         writer: GroupCommitWriter = request.app.state.writer
         outcomes = await writer.submit_prepared(batch.valid)
-        for pos, res in zip(batch.positions, outcomes, strict=True):
-            results[pos] = res
-    payload = {"results": [_result_json(r) for r in results if r is not None]}
+        if len(outcomes) == len(results):  # every event was valid: positions 0..n-1
+            results = list(outcomes)
+        else:
+            for pos, res in zip(batch.positions, outcomes, strict=True):
+                results[pos] = res
+    payload = {
+        "results": [
+            {"event_id": eid, "status": status}
+            if error is None
+            else {"event_id": eid, "status": status, "error": error}
+            for eid, status, error in (r for r in results if r is not None)
+        ]
+    }
     try:
         # ~0.35 µs per event less than pydantic-core's to_json; the same bytes
         body = orjson.dumps(payload)
