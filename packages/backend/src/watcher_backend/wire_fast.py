@@ -48,8 +48,8 @@ MAX_B64_BYTES = ((MAX_INLINE_CONTENT * 4) // 3 + 8) // 4 * 3
 # pattern ^[A-Za-z0-9_.:\-]+$ and ^[0-9a-f]{64}$: the characters are checked in Python
 EventId = Annotated[str, Meta(min_length=8, max_length=128)]
 Sha256 = Annotated[str, Meta(min_length=64, max_length=64)]
-_EVENT_ID_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"
-_HEX = "0123456789abcdef"
+_EVENT_ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"
+_HEX = b"0123456789abcdef"
 ClassDiv = Annotated[str, Meta(min_length=3, max_length=128)]
 StudentId = Annotated[str, Meta(min_length=1, max_length=64)]
 AssignmentName = Annotated[str, Meta(min_length=1, max_length=128)]
@@ -112,6 +112,16 @@ class _FastBatch(msgspec.Struct):
     events: list[FastEvent]
 
 
+def _only(value: str, allowed: bytes) -> bool:
+    """Every character of ``value`` is one of the ASCII characters ``allowed``.
+
+    ``bytes.translate`` deletes them in one table-driven pass (~0.07 µs per event for a
+    batch's ids and hashes); ``str.strip(allowed)`` searched the set once per character
+    (~1.4 µs).
+    """
+    return value.isascii() and not value.encode("ascii").translate(None, allowed)
+
+
 def paths_ok(paths: list[str]) -> bool:
     """``all(rel_path_ok(p) for p in paths)``, for a batch's paths at once.
 
@@ -140,7 +150,7 @@ def paths_ok(paths: list[str]) -> bool:
 
 def _fields_ok(events: list[FastEvent]) -> bool:
     """The checks msgspec's constraints cannot express, for the whole batch."""
-    if "".join([e.event_id for e in events]).strip(_EVENT_ID_CHARS):
+    if not _only("".join([e.event_id for e in events]), _EVENT_ID_CHARS):
         return False  # some event_id has characters outside [A-Za-z0-9_.:-]
     paths = [e.path for e in events]
     shas: list[str] = []
@@ -152,7 +162,7 @@ def _fields_ok(events: list[FastEvent]) -> bool:
             paths.append(e.old_path)
             if e.sha256 is not None:
                 shas.append(e.sha256)
-    if "".join(shas).strip(_HEX):
+    if not _only("".join(shas), _HEX):
         return False  # some sha256 is not lowercase hex (msgspec checked the length)
     return paths_ok(paths)
 
