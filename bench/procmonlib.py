@@ -76,12 +76,13 @@ def forkexec(
 # Answers every event of a batch "stored" (HTTP/1.1 keep-alive, as the sender expects):
 # the agent's sender then does its real work per request (batching, HTTP, parsing the
 # results, acking in the outbox), in a process of its own so none of it is the stub's.
-# GET /stats: how many requests and events it has had.
+# GET /stats: how many requests and events it has had, and the newest event's creation time
+# (an event_id starts with the agent's time.time_ns() in 16 hex digits).
 _STUB = """
 import json, sys, threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 lock = threading.Lock()
-stats = {"requests": 0, "events": 0}
+stats = {"requests": 0, "events": 0, "newest_ns": 0}
 class H(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
@@ -91,8 +92,10 @@ class H(BaseHTTPRequestHandler):
         with lock:
             stats["requests"] += 1
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        newest = max((int(e["event_id"][:16], 16) for e in body.get("events", [])), default=0)
         with lock:
             stats["events"] += len(body.get("events", []))
+            stats["newest_ns"] = max(stats["newest_ns"], newest)
         self._answer(json.dumps({"results": [{"event_id": e["event_id"], "status": "stored"}
                                              for e in body.get("events", [])]}).encode())
     def _answer(self, out):
@@ -114,12 +117,13 @@ def stub_stats(url: str) -> dict[str, int]:
     return got
 
 
-def wait_sent(url: str, timeout_s: float) -> bool:
-    """Wait for the stub's next request (one that began after this call): whatever the
-    agent had in its outbox before is then sent. False on timeout."""
-    before = stub_stats(url)["requests"]
+def wait_sent(url: str, after_ns: int, timeout_s: float) -> bool:
+    """Wait until the stub has had an event the agent made at or after ``after_ns``
+    (time.time_ns()): e.g. with ``after_ns`` taken when a traced command returned, the run of
+    that command (made once its exit is read), sent with whatever the agent queued before
+    it. False on timeout."""
     deadline = time.monotonic() + timeout_s
-    while stub_stats(url)["requests"] <= before:
+    while stub_stats(url)["newest_ns"] < after_ns:
         if time.monotonic() > deadline:
             return False
         time.sleep(0.02)
