@@ -44,3 +44,12 @@ def test_blobs_stored_before_the_dictionary_still_decode() -> None:
 def test_unknown_codec_is_an_error() -> None:
     with pytest.raises(ValueError, match="zstd-d99"):
         blobs.decode_blob("zstd-d99", b"\x28\xb5\x2f\xfd", 1)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.binary(min_size=1, max_size=blobs.DICT_MAX), max_size=8))
+def test_compressing_many_gives_the_frames_of_one_at_a_time(datas: list[bytes]) -> None:
+    one_by_one = [blobs.dict_compressor().compress(d) for d in datas]
+    assert blobs.dict_compress_many(datas) == one_by_one
+    dec = zstandard.ZstdDecompressor(dict_data=blobs._dictionary(blobs.DICT_CODEC))
+    assert [dec.decompress(p) for p in blobs.dict_compress_many(datas)] == datas

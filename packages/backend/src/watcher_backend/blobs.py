@@ -80,6 +80,22 @@ def dict_compressor() -> zstandard.ZstdCompressor:
     return comp
 
 
+def dict_compress_many(datas: list[bytes]) -> list[bytes]:
+    """``dict_compressor().compress(d)`` for each of ``datas``, in one call.
+
+    The same frames, but the C library is entered once per request instead of once per
+    content: ``compress`` releases the GIL on every call, and on the backend's one core
+    each release let the writer thread take the GIL and the event loop wait for it back
+    (py-spy: 11 % of the backend's samples on the event loop's compress line, vs ~3 %
+    of its instructions).
+    """
+    comp = dict_compressor()
+    many = getattr(comp, "multi_compress_to_buffer", None)  # python-zstandard's C backend
+    if many is None or len(datas) < 2:
+        return [comp.compress(d) for d in datas]
+    return [seg.tobytes() for seg in many(datas, threads=0)]
+
+
 def _decompressor(codec: str) -> zstandard.ZstdDecompressor:
     decs: dict[str, zstandard.ZstdDecompressor] | None = getattr(_local, "decs", None)
     if decs is None:
