@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import zstandard
 from sqlalchemy import Connection, and_, func, literal_column, select
 
@@ -45,9 +45,10 @@ class BlobHashMismatch(ValueError):
     """The bytes do not hash to the sha256 they were sent under."""
 
 
-# not frozen: a frozen dataclass's __init__ costs ~0.85 µs more (one per ingested event)
-@dataclass(slots=True)
-class PreparedBlob:
+# A msgspec Struct: built once per ingested event, and its C __init__ costs ~0.3 µs where
+# a slots dataclass's Python __init__ cost ~0.8 (a frozen one ~0.85 more). Not frozen:
+# ``store.prepare_events`` compresses after building it.
+class PreparedBlob(msgspec.Struct, gc=False):
     sha256: str
     size: int
     codec: str  # "zstd" | "zstd-d1" | "raw"

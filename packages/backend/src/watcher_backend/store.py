@@ -38,6 +38,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from sqlalchemy import Connection
 
 from watcher_common.identity import (
@@ -226,8 +227,7 @@ INS_CELL = (
 # ---- request side: the CPU part ----------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Prepared:
+class Prepared(msgspec.Struct, gc=False):  # one per event: C __init__ (see PreparedBlob)
     """An event plus what the request thread computed for it (see the module docstring)."""
 
     event: AnyEvent
