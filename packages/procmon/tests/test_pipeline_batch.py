@@ -293,3 +293,33 @@ def test_while_compilers_run_reads_are_written_at_once(tmp_path: Path) -> None:
     assert pipe.commit_due_in() is None and _pids(outbox) == [1000, 1001, 2000, 3000]
     pipe.close()
     outbox.close()
+
+
+class _IdleTracer(_FailingTracer):
+    """Never has a record: every read waits its whole timeout (recorded, not slept)."""
+
+    def __init__(self) -> None:
+        self.timeouts: list[int | None] = []
+
+    def read_events(self, timeout_ms: int | None = None) -> list[Event]:
+        self.timeouts.append(timeout_ms)
+        time.sleep((timeout_ms or 0) / 1e3)
+        return []
+
+
+def test_idle_poll_backs_off_within_the_exec_to_outbox_bound(tmp_path: Path) -> None:
+    """An idle reader polls less often, but never so rarely that a record sent without a
+    wakeup (a student program's exec) could wait past exec -> outbox's 100 ms."""
+    from watcher_procmon.main import TracerLoop
+
+    outbox = Outbox(tmp_path / "outbox.db")
+    pipe = Pipeline(outbox, metrics=ProcmonMetrics(CollectorRegistry()))
+    tracer = _IdleTracer()
+    loop = TracerLoop(tracer, pipe, None, hold_s=60, gap_s=0)  # type: ignore[arg-type]
+    for _ in range(6):
+        loop.step()
+    timeouts = [t or 0 for t in tracer.timeouts]
+    assert timeouts[0] == 50 and timeouts[-1] > 50  # backed off from poll_ms ...
+    assert max(timeouts) <= 80  # ... but stays well within the 100 ms bound
+    pipe.close()
+    outbox.close()
