@@ -386,3 +386,37 @@ def test_real_records_classify(traced: Traced) -> None:
     assert cls("segv_core") == Classification("student", "binary")
     assert cls("python_raise") == Classification("interpreter", "python", inline_code=True)
     assert cls("exit42").kind == "other"  # sh
+
+
+def test_metrics_read_the_kernel_counters_at_scrape_time(bpf_object: Path) -> None:
+    """/metrics shows the in-kernel counters as they are when scraped (no health check of
+    the tracer loop has run here), and nothing once the tracer is closed."""
+    from types import SimpleNamespace
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from watcher_procmon.main import kernel_counters_now
+    from watcher_procmon.metrics import KernelCollector
+
+    def execs_emitted(reg: CollectorRegistry) -> float | None:
+        for fam in text_string_to_metric_families(generate_latest(reg).decode()):
+            for s in fam.samples:
+                if s.name == "watcher_procmon_kernel_events_total" and s.labels == {
+                    "type": "exec",
+                    "outcome": "emitted",
+                }:
+                    return float(s.value)
+        return None
+
+    loop_ = SimpleNamespace(counters=None)  # a tracer loop that has not read them yet
+    reg = CollectorRegistry()
+    with Tracer(TracerConfig(prefix="jcode-", bpf_object=bpf_object)) as tracer:
+        reg.register(KernelCollector(lambda: kernel_counters_now(tracer, loop_)))  # type: ignore[arg-type]
+        before = execs_emitted(reg)
+        script = f"hostname {HOSTNAME}; /bin/true; /bin/true; /bin/true"
+        subprocess.run(["unshare", "--uts", "sh", "-c", script], check=True)
+        after = execs_emitted(reg)
+    assert before is not None and after is not None and after >= before + 3
+    assert execs_emitted(reg) is None  # closed: the loop's last reading (none here)

@@ -148,6 +148,16 @@ class StdoutSink:
         print(json.dumps(dump_event(event), ensure_ascii=False), flush=True)
 
 
+def kernel_counters_now(tracer: Tracer, loop_: TracerLoop) -> Counters | None:
+    """The in-kernel counters at scrape time (one per-CPU map lookup, from the metrics
+    server's thread: the map is not the ring buffer the tracer thread reads); once the
+    tracer is closed, the tracer loop's last reading."""
+    try:
+        return tracer.counters()
+    except (TracerError, OSError):  # closed, or its map fd already gone
+        return loop_.counters
+
+
 class TracerLoop:
     """Reads the ring buffer in its own thread (libbpf's poll blocks) and feeds the
     pipeline; watches the kernel's drop counters for /health.
@@ -293,7 +303,7 @@ async def run(cfg: ProcmonConfig, tracer: Tracer) -> int:
 
     # woken by a signal or the tracer's end, not a timer: an idle agent wakes for nothing
     loop_ = TracerLoop(tracer, pipeline, health, on_exit=tracer_ended)
-    REGISTRY.register(KernelCollector(lambda: loop_.counters))
+    REGISTRY.register(KernelCollector(lambda: kernel_counters_now(tracer, loop_)))
     http = AgentHttpServer(health, REGISTRY, port=cfg.agent.metrics_port).start(HTTP_POLL_S)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)

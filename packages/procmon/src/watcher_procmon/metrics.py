@@ -59,8 +59,8 @@ def process_name(cls: Classification, exe: str) -> str:
 
 
 class KernelCollector(Collector):
-    """The in-kernel counters (cumulative since the agent loaded) as the tracer loop last
-    read them: at its health check, every HEALTH_CHECK_S (5 s), so up to 5 s old."""
+    """The in-kernel counters (cumulative since the agent loaded), read by ``read`` at each
+    scrape (``main.kernel_counters_now``: exact, not the health check's copy)."""
 
     def __init__(self, read: Callable[[], Counters | None]) -> None:
         self._read = read
