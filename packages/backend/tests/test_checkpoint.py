@@ -82,3 +82,35 @@ def test_no_checkpointer_for_postgresql_or_memory() -> None:
         engine = make_engine(url)
         assert GroupCommitWriter(engine).checkpointer is None
         engine.dispose()
+
+
+def test_bulk_ingest_spaces_checkpoints_out(tmp_path: Path) -> None:
+    """After a checkpoint that covered a bulk commit (agents' batches) the checkpointer
+    waits the longer interval; after small commits (compat writes) the short one."""
+    from watcher_backend.db.checkpoint import BULK_EVENTS
+
+    def checkpoints_during(commit_size: int, commits: int) -> int:
+        engine = make_engine(f"sqlite:///{tmp_path}/b{commit_size}.db")
+        migrate(engine)
+        writer = GroupCommitWriter(engine)
+        cp = writer.checkpointer
+        assert cp is not None
+        cp.min_interval_s, cp.bulk_interval_s = 0.0, 3.0
+        writer.start()
+        try:
+
+            async def ingest() -> int:
+                for k in range(commits):
+                    base = k * commit_size
+                    evs = [_snap(i) for i in range(base, base + commit_size)]
+                    assert {r.status for r in await writer.submit(evs)} == {"stored"}
+                    await asyncio.sleep(0.05)
+                return cp.checkpoints
+
+            return asyncio.run(ingest())
+        finally:
+            writer.stop()
+            engine.dispose()
+
+    assert checkpoints_during(10, 6) >= 3  # small commits: checkpointed right away
+    assert checkpoints_during(BULK_EVENTS, 3) == 1  # then the bulk interval

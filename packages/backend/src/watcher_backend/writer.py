@@ -301,7 +301,7 @@ class GroupCommitWriter:
                     self._apply_group(conn, batch, safe=True)
             self.commits += 1
             if self.checkpointer is not None:
-                self.checkpointer.poke()
+                self.checkpointer.poke(n_events)
         except Exception as exc:
             # The whole transaction is gone: every caller learns it, nothing was stored.
             self.rollbacks += 1

@@ -33,6 +33,11 @@ DEFAULT_PAGES = 1000
 # checkpoint then holds the one core longer: compat write p99 (bench a) 14-21 ms at 0.1 s,
 # 16-28 ms at 0.25 s, 17-42 ms at 0.5 s (target 50). 0.1 s keeps the tail.
 MIN_INTERVAL_S = 0.1
+# ... except under bulk ingest (a commit since the last checkpoint held BULK_EVENTS+ events:
+# agents' batches, not single compat writes): then pages rewritten by several commits are
+# copied once, and a request already waits for a commit of thousands of events.
+BULK_EVENTS = 1000
+BULK_INTERVAL_S = 0.5
 
 
 def wants_checkpointer(engine: Engine) -> bool:
@@ -42,9 +47,17 @@ def wants_checkpointer(engine: Engine) -> bool:
 
 
 class Checkpointer:
-    def __init__(self, engine: Engine, *, min_interval_s: float = MIN_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        min_interval_s: float = MIN_INTERVAL_S,
+        bulk_interval_s: float = BULK_INTERVAL_S,
+    ) -> None:
         self.engine = engine
         self.min_interval_s = min_interval_s
+        self.bulk_interval_s = bulk_interval_s
+        self._largest = 0  # events in the largest commit since the last checkpoint
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -57,9 +70,15 @@ class Checkpointer:
         self._thread = threading.Thread(target=self._loop, name="watcher-checkpoint", daemon=True)
         self._thread.start()
 
-    def poke(self) -> None:
-        """Called after a commit: checkpoint soon (cheap: sets an Event)."""
+    def poke(self, events: int = 0) -> None:
+        """Called after a commit of ``events`` events: checkpoint soon (cheap)."""
+        if events > self._largest:  # a lost race only shortens one interval
+            self._largest = events
         self._wake.set()
+
+    def interval_s(self, largest_commit: int) -> float:
+        """The pause after a checkpoint, by the largest commit it covered."""
+        return self.bulk_interval_s if largest_commit >= BULK_EVENTS else self.min_interval_s
 
     def stop(self, timeout: float = 30.0) -> None:
         if self._thread is None:
@@ -78,12 +97,13 @@ class Checkpointer:
                 if self._stopping:
                     break
                 self._wake.clear()
+                largest, self._largest = self._largest, 0
                 try:
                     self._checkpoint(raw)
                 except sqlite3.Error as exc:
                     # e.g. a full disk: try again after the next commit
                     log.warning("WAL checkpoint failed (%s)", type(exc).__name__)
-                time.sleep(self.min_interval_s)  # commits meanwhile only set the Event
+                time.sleep(self.interval_s(largest))  # commits meanwhile only set the Event
             self._checkpoint(raw)  # the writer has stopped: leave a short WAL behind
         except Exception:
             # The writer's backstop autocheckpoint keeps the WAL bounded without us.
