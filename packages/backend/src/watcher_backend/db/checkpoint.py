@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-import time
 from typing import Any
 
 from sqlalchemy import Engine
@@ -59,6 +58,7 @@ class Checkpointer:
         self.bulk_interval_s = bulk_interval_s
         self._largest = 0  # events in the largest commit since the last checkpoint
         self._wake = threading.Event()
+        self._stop = threading.Event()  # ends the pause after a checkpoint at once
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.checkpoints = 0  # completed PASSIVE checkpoints (written by the thread only)
@@ -67,6 +67,7 @@ class Checkpointer:
         if self._thread is not None:
             return
         self._stopping = False
+        self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="watcher-checkpoint", daemon=True)
         self._thread.start()
 
@@ -84,6 +85,7 @@ class Checkpointer:
         if self._thread is None:
             return
         self._stopping = True
+        self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
         self._thread = None
@@ -103,7 +105,8 @@ class Checkpointer:
                 except sqlite3.Error as exc:
                     # e.g. a full disk: try again after the next commit
                     log.warning("WAL checkpoint failed (%s)", type(exc).__name__)
-                time.sleep(self.interval_s(largest))  # commits meanwhile only set the Event
+                # commits meanwhile only set the Event; stop() ends the pause
+                self._stop.wait(self.interval_s(largest))
             self._checkpoint(raw)  # the writer has stopped: leave a short WAL behind
         except Exception:
             # The writer's backstop autocheckpoint keeps the WAL bounded without us.
