@@ -23,9 +23,9 @@ import hashlib
 import os
 import posixpath
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 MAX_SOURCE_BYTES = 1 << 20  # larger files: size only, no hash, no snapshot
 BINARY_PROBE = 8192  # a NUL in the first bytes: binary (hashed, not snapshotted)
@@ -35,6 +35,7 @@ _RESOLVE_NO_MAGICLINKS = 0x02
 _RESOLVE_IN_ROOT = 0x10
 _libc = ctypes.CDLL(None, use_errno=True)
 
+_H = TypeVar("_H")  # what an opener of /proc/<pid> hands back
 Status = Literal["ok", "binary", "too_large", "gone", "missing", "not_regular", "error"]
 Via = Literal["self", "parent", "peer", "missing"]  # whose /proc/<pid>/root was read
 VIAS: tuple[Via, ...] = ("self", "parent", "peer", "missing")
@@ -96,15 +97,22 @@ def _openat2(dirfd: int, path: str) -> int:
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def _start_ticks(stat_text: str | bytes) -> int:
+def _start_ticks(stat_text: bytes) -> int:
     # comm (field 2) may hold spaces and parentheses: split after the last ")"
-    if isinstance(stat_text, bytes):
-        return int(stat_text.rsplit(b")", 1)[1].split()[19])
-    return int(stat_text.rsplit(")", 1)[1].split()[19])
+    return int(stat_text.rsplit(b")", 1)[1].split()[19])
 
 
 def _ticks(ns: int) -> int:
     return ns * _CLK_TCK // 1_000_000_000
+
+
+def _start_ok(start: int, fork_ns: int | None, born_by_ns: int | None) -> bool:
+    """/proc reports start_boottime in clock ticks: the exec record's fork time must fall
+    in the same tick (else this is a recycled pid), and a stand-in must have started no
+    later than ``born_by_ns``."""
+    return (fork_ns is None or start == _ticks(fork_ns)) and (
+        born_by_ns is None or start <= _ticks(born_by_ns)
+    )
 
 
 def open_pid(
@@ -127,15 +135,11 @@ def open_pid(
     try:
         stat_fd = os.open("stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=pid_fd)
         try:
-            text = os.read(stat_fd, 4096).decode("ascii", "replace")
+            text = os.read(stat_fd, 4096)
         finally:
             os.close(stat_fd)
-        # /proc reports start_boottime in clock ticks: the exec record's fork time must
-        # fall in the same tick, else this is a recycled pid
         start = _start_ticks(text)
-        ok = (fork_ns is None or start == _ticks(fork_ns)) and (
-            born_by_ns is None or start <= _ticks(born_by_ns)
-        )
+        ok = _start_ok(start, fork_ns, born_by_ns)
         # st_ino of the ns link is the namespace's inode (what BPF records as mntns)
         if ok and mntns and os.stat("ns/mnt", dir_fd=pid_fd).st_ino != mntns:
             ok = False
@@ -175,12 +179,7 @@ def open_root(
                 text = os.read(stat_fd, 4096)
             finally:
                 os.close(stat_fd)
-            # start_boottime in clock ticks: the exec record's fork time falls in the same
-            # tick, else this is a recycled pid
-            start = _start_ticks(text)
-            ok = (fork_ns is None or start == _ticks(fork_ns)) and (
-                born_by_ns is None or start <= _ticks(born_by_ns)
-            )
+            ok = _start_ok(_start_ticks(text), fork_ns, born_by_ns)
     except (OSError, ValueError, IndexError):
         ok = False
     if not ok:
@@ -284,6 +283,32 @@ class StandIn:
     via: Via
 
 
+def _first_stand_in(
+    open_: Callable[..., _H | None],
+    pid: int,
+    fork_ns: int,
+    ppid: int,
+    mntns: int,
+    peers: Iterable[tuple[int, int]],
+) -> tuple[int, _H, Via] | None:
+    """The first of ``pid``, its parent, its namespace's peers that ``open_`` (:func:`open_pid`
+    or :func:`open_root`, with their checks) opens; the parent and peers only when the
+    mount namespace is known: without it there is no telling a stand-in's view is the same."""
+    if (got := open_(pid, fork_ns=fork_ns, mntns=mntns)) is not None:
+        return pid, got, "self"
+    if not mntns:
+        return None
+    if ppid > 1 and (got := open_(ppid, born_by_ns=fork_ns, mntns=mntns)) is not None:
+        return ppid, got, "parent"
+    for peer, peer_fork in peers:
+        if (
+            peer not in (pid, ppid)
+            and (got := open_(peer, fork_ns=peer_fork, mntns=mntns)) is not None
+        ):
+            return peer, got, "peer"
+    return None
+
+
 def stand_in(
     pid: int,
     fork_ns: int,
@@ -295,18 +320,13 @@ def stand_in(
 ) -> StandIn | None:
     """The first live process that sees what ``pid`` saw: itself, else (only when its mount
     namespace is known) its parent, else a peer ``(pid, fork_ns)`` of that namespace."""
-    if got := open_pid(pid, proc, fork_ns=fork_ns, mntns=mntns):
-        return StandIn(pid, *got, "self")
-    if not mntns:  # without the namespace there is no telling a stand-in's view is the same
+    found = _first_stand_in(
+        functools.partial(open_pid, proc=proc), pid, fork_ns, ppid, mntns, peers
+    )
+    if found is None:
         return None
-    if ppid > 1 and (got := open_pid(ppid, proc, born_by_ns=fork_ns, mntns=mntns)):
-        return StandIn(ppid, *got, "parent")
-    for peer, peer_fork in peers:
-        if peer in (pid, ppid):
-            continue
-        if got := open_pid(peer, proc, fork_ns=peer_fork, mntns=mntns):
-            return StandIn(peer, *got, "peer")
-    return None
+    who, (pid_fd, start), via = found
+    return StandIn(who, pid_fd, start, via)
 
 
 def capture_sources(
@@ -326,22 +346,13 @@ def capture_sources(
     paths = [p for a in args if (p := container_path(cwd, a)) is not None]
     if not paths:
         return [], "missing"
-    # the stand-ins of stand_in(), in the same order, each opened as open_root() does
-    via: Via = "self"
-    root = open_root(pid, proc, fork_ns=fork_ns, mntns=mntns)
-    if root is None and mntns:  # without the namespace no stand-in's view is known same
-        via = "parent"
-        if ppid > 1:
-            root = open_root(ppid, proc, born_by_ns=fork_ns, mntns=mntns)
-        if root is None:
-            via = "peer"
-            for peer, peer_fork in peers:
-                if peer not in (pid, ppid):
-                    root = open_root(peer, proc, fork_ns=peer_fork, mntns=mntns)
-                    if root is not None:
-                        break
-    if root is None:
+    # the stand-ins of stand_in(), each opened as open_root() does (fewer syscalls)
+    found = _first_stand_in(
+        functools.partial(open_root, proc=proc), pid, fork_ns, ppid, mntns, peers
+    )
+    if found is None:
         return [SourceRead(p, "gone") for p in paths], "missing"
+    _, root, via = found
     try:
         return [read_source(root, p) for p in paths], via
     finally:
