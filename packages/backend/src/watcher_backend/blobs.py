@@ -97,6 +97,15 @@ def dict_compress_many(datas: list[bytes]) -> list[bytes]:
     return [seg.tobytes() for seg in many(datas, threads=0)]
 
 
+def pack_small_blobs(blobs: list[PreparedBlob]) -> None:
+    """:func:`pack_blob` for raw blobs of ``MIN_COMPRESS`` to ``DICT_MAX`` bytes, in place
+    and in one zstd call: each stays raw unless the dictionary makes it smaller."""
+    for blob, packed in zip(blobs, dict_compress_many([b.data for b in blobs]), strict=True):
+        if len(packed) < blob.size:
+            blob.codec = DICT_CODEC
+            blob.data = packed
+
+
 def _decompressor(codec: str) -> zstandard.ZstdDecompressor:
     decs: dict[str, zstandard.ZstdDecompressor] | None = getattr(_local, "decs", None)
     if decs is None:

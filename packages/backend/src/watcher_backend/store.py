@@ -61,12 +61,11 @@ from watcher_common.wire import (
 )
 
 from .blobs import (
-    DICT_CODEC,
     DICT_MAX,
     MIN_COMPRESS,
     PreparedBlob,
-    dict_compress_many,
     pack_blob,
+    pack_small_blobs,
     sha256_hex,
 )
 from .db.models import BLOB_KEY_CHARS
@@ -286,20 +285,18 @@ def prepare_events(events: Sequence[AnyEvent]) -> list[Prepared]:
             if data is not None and sha is not None:
                 n = len(data)
                 if n == ev.size and sha256(data).hexdigest() == sha:
-                    # = pack_blob for the usual small file, inline
-                    blob = PreparedBlob(sha, n, "raw", data)
-                    if MIN_COMPRESS <= n <= DICT_MAX:
-                        small.append(blob)
-                    elif n > DICT_MAX:
+                    # = pack_blob, the small files compressed together below
+                    if n > DICT_MAX:
                         blob = pack_blob(sha, data)
+                    else:
+                        blob = PreparedBlob(sha, n, "raw", data)
+                        if n >= MIN_COMPRESS:
+                            small.append(blob)
                     append(Prepared(ev, blob))
                     continue
         append(prepare_event(ev))
     if small:
-        for blob, packed in zip(small, dict_compress_many([b.data for b in small]), strict=True):
-            if len(packed) < blob.size:  # else it stays raw, as pack_blob does
-                blob.codec = DICT_CODEC
-                blob.data = packed
+        pack_small_blobs(small)
     return out
 
 
