@@ -81,10 +81,7 @@ class RawSql:
         if out is None:
             head, rest = text.split("VALUES (", 1)  # the statement's one row of ?s
             params, tail = rest.split(")", 1)
-            if n_shared:
-                out = self._sql[key] = f"{head}VALUES {_numbered_rows(params, m, n_shared)}{tail}"
-            else:
-                out = self._sql[key] = f"{head}VALUES {', '.join([f'({params})'] * m)}{tail}"
+            out = self._sql[key] = f"{head}VALUES {_numbered_rows(params, m, n_shared)}{tail}"
         return out
 
     def scalar(self, text: str, params: Sequence[Any] = ()) -> Any:
