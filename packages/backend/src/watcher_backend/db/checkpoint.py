@@ -58,15 +58,13 @@ class Checkpointer:
         self.bulk_interval_s = bulk_interval_s
         self._largest = 0  # events in the largest commit since the last checkpoint
         self._wake = threading.Event()
-        self._stop = threading.Event()  # ends the pause after a checkpoint at once
-        self._stopping = False
+        self._stop = threading.Event()  # also ends the pause after a checkpoint at once
         self._thread: threading.Thread | None = None
         self.checkpoints = 0  # completed PASSIVE checkpoints (written by the thread only)
 
     def start(self) -> None:
         if self._thread is not None:
             return
-        self._stopping = False
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="watcher-checkpoint", daemon=True)
         self._thread.start()
@@ -84,7 +82,6 @@ class Checkpointer:
     def stop(self, timeout: float = 30.0) -> None:
         if self._thread is None:
             return
-        self._stopping = True
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
@@ -96,7 +93,7 @@ class Checkpointer:
             raw = self.engine.raw_connection()
             while True:
                 self._wake.wait()
-                if self._stopping:
+                if self._stop.is_set():
                     break
                 self._wake.clear()
                 largest, self._largest = self._largest, 0
