@@ -111,7 +111,8 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
 
 
 def stub_stats(url: str) -> dict[str, int]:
-    """The stub backend's counts: {"requests": n, "events": n}."""
+    """The stub backend's counts: {"requests": n, "events": n, "newest_ns": t} (the newest
+    event's creation time, from its id)."""
     with urllib.request.urlopen(f"{url}/stats", timeout=5) as r:
         got: dict[str, int] = json.loads(r.read())
     return got
