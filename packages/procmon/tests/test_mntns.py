@@ -4,6 +4,7 @@ run is attributed to when the hostname disagrees with it."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 from watcher_common.identity import IdentityConfig, NotStudent, Workspace
 from watcher_procmon.events import ExecEvent
 from watcher_procmon.mntns import Mount, Namespaces, mounted_workspace, parse_mountinfo
+from watcher_procmon.sources import capture_sources
 from watcher_procmon.to_wire import Origin, origin
 
 ME = Workspace("os", "1", "202600001")
@@ -267,6 +269,35 @@ def test_sweep_closes_entries_whose_anchor_exited(
     while Path(f"/proc/{sleeper}").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert ns.sweep(now=time.monotonic() + 100) == 1 and ns.cached() == 0
+
+
+def test_sources_are_read_through_the_anchors_root(
+    pod: tuple[subprocess.Popen[bytes], int], tmp_path: Path
+) -> None:
+    """Capture-on-exec reads through the cached anchor's root, as the pod sees its files
+    (the workspace mounted at PROJECT), without opening anything in /proc; not once the
+    anchor is gone."""
+    _, sleeper = pod
+    (tmp_path / "codes" / "os-1-202600001" / "main.c").write_text("int pod;\n")
+    ns = Namespaces()
+    mntns = _mntns(sleeper)
+    assert ns.root(mntns) is None  # nothing cached yet
+    assert ns.workspace(_exec(sleeper)) == ME
+    anchor = ns.root(mntns)
+    assert anchor is not None and anchor[0] == sleeper
+    # a compiler that already exited, seen through a /proc that has nothing
+    reads, via = capture_sources(
+        1 << 30, 1, PROJECT, ("main.c",), ppid=7, mntns=mntns, proc="/nonexistent", anchor=anchor
+    )
+    assert via == "peer" and [(r.status, r.sha256) for r in reads] == [
+        ("ok", hashlib.sha256(b"int pod;\n").hexdigest())
+    ]
+    os.kill(sleeper, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{sleeper}").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ns.root(mntns) is None
+    ns.close()
 
 
 def test_peers_keep_the_oldest_survivors_and_forget_exits() -> None:

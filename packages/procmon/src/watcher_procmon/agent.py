@@ -303,6 +303,7 @@ class Pipeline:
             self._mismatch(ev, org)
         reads: list[SourceRead] = []
         if cls.kind in ("compiler", "interpreter") and cls.sources and isinstance(org, Origin):
+            anchor = self.namespaces.root(ev.mntns)  # polled by workspace() above
             reads, via = capture_sources(
                 ev.tgid,
                 ev.fork_ns,
@@ -312,9 +313,10 @@ class Pipeline:
                 mntns=ev.mntns,
                 peers=self.namespaces.iter_peers(ev.mntns),  # listed only if asked
                 proc=self.proc,
+                anchor=anchor,
             )
             self._via[via].inc()
-            if via in ("peer", "missing"):
+            if anchor is None and via in ("peer", "missing"):
                 self.namespaces.prune(ev.mntns)  # the peers tried first may be long gone
             self._snapshots(ev, org, reads)
         self.pending[ev.tgid] = _Pending(ev.ts_ns, cls, org, reads)

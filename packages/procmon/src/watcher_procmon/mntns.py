@@ -16,14 +16,18 @@ from (its *anchor*) is alive: a live member keeps the namespace alive, so its in
 (reused once freed) still names the same pod. The entry holds the anchor's pidfd (readable
 once it exits: one ``poll`` per exec instead of re-opening ``/proc/<pid>``) and the open
 ``mountinfo`` file, which pins the namespace and reports any change to its mount table
-(``POLLPRI``). "No workspace" is cached too, but only until the mount table changes: a pod
-that mounts its workspace itself (as the tests do) runs commands before the mount exists.
-Entries whose anchor exited are closed by :meth:`Namespaces.sweep` (the agent calls it
-every second), so a dead pod's namespace is not kept alive by us.
+(``POLLPRI``), and its root directory (``O_PATH``): capture-on-exec reads a compile's
+sources through it (:meth:`Namespaces.root`) instead of opening and checking
+``/proc/<pid>/root`` of the compiler each time (five syscalls of ~ten per compile). "No
+workspace" is cached too, but only until the mount table changes: a pod that mounts its
+workspace itself (as the tests do) runs commands before the mount exists. Entries whose
+anchor exited are closed by :meth:`Namespaces.sweep` (the agent calls it every second), so a
+dead pod's namespace is not kept alive by us.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
@@ -117,15 +121,21 @@ def mounted_workspace(mounts: list[Mount], ident: IdentityConfig = DEFAULT) -> W
 class _Cached:
     """One namespace's answer and the two fds that keep it true (see the module doc)."""
 
-    __slots__ = ("anchor_pid", "mountinfo_fd", "pidfd", "poller", "stale", "workspace")
+    __slots__ = ("anchor_pid", "mountinfo_fd", "pidfd", "poller", "root_fd", "stale", "workspace")
 
     def __init__(
-        self, workspace: Workspace | None, anchor_pid: int, mountinfo_fd: int, pidfd: int
+        self,
+        workspace: Workspace | None,
+        anchor_pid: int,
+        mountinfo_fd: int,
+        pidfd: int,
+        root_fd: int = -1,
     ) -> None:
         self.workspace = workspace
         self.anchor_pid = anchor_pid
         self.mountinfo_fd = mountinfo_fd
         self.pidfd = pidfd
+        self.root_fd = root_fd  # the anchor's root (O_PATH); -1: could not be opened
         self.stale = False  # the mount table changed since mountinfo was last read
         self.poller = select.poll()
         self.poller.register(mountinfo_fd, select.POLLPRI)
@@ -145,6 +155,8 @@ class _Cached:
     def close(self) -> None:
         os.close(self.mountinfo_fd)
         os.close(self.pidfd)
+        if self.root_fd >= 0:
+            os.close(self.root_fd)
 
 
 class Namespaces:
@@ -221,6 +233,18 @@ class Namespaces:
 
     # ---- mounted workspace ------------------------------------------------------------
 
+    def root(self, mntns: int) -> tuple[int, int] | None:
+        """``(anchor pid, root fd)`` of ``mntns``'s cached anchor, if it is alive (polled in
+        this read, as :meth:`workspace` does: call that first); None otherwise. The fd
+        stays owned by the cache. A process of the namespace that chroot'ed elsewhere sees
+        another root: the pods this traces run their users without that privilege."""
+        hit = self._cache.get(mntns)
+        if hit is None or hit.root_fd < 0:
+            return None
+        if mntns not in self._polled and not hit.alive():
+            return None
+        return hit.anchor_pid, hit.root_fd
+
     def workspace(self, ev: ExecEvent) -> Workspace | None:
         """The workspace mounted in ``ev``'s pod; None when unknown (see the module doc)."""
         if not ev.mntns:
@@ -272,12 +296,19 @@ class Namespaces:
                 os.close(fd)
                 return None
             pidfd = _pidfd(found.pid, found.pid_fd)
+            root_fd = -1
+            # if it cannot be opened, sources are read through the processes themselves
+            if pidfd is not None:
+                with contextlib.suppress(OSError):
+                    root_fd = os.open(
+                        "root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=found.pid_fd
+                    )
         finally:
             os.close(found.pid_fd)
         if pidfd is None:  # the anchor just exited: the answer holds, but is not kept
             os.close(fd)
             return ws
-        self._cache[ev.mntns] = _Cached(ws, found.pid, fd, pidfd)
+        self._cache[ev.mntns] = _Cached(ws, found.pid, fd, pidfd, root_fd)
         while len(self._cache) > MAX_CACHED:
             self._cache.popitem(last=False)[1].close()
         return ws

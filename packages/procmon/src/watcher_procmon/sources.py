@@ -339,13 +339,20 @@ def capture_sources(
     mntns: int = 0,
     peers: Iterable[tuple[int, int]] = (),
     proc: str = "/proc",
+    anchor: tuple[int, int] | None = None,
 ) -> tuple[list[SourceRead], Via]:
     """Every source named in argv, in argv order, and whose root they were read through;
     status "gone" for all (via "missing") when no process of the container could be used
-    (the run still lists the paths, without hashes)."""
+    (the run still lists the paths, without hashes). ``anchor``: ``(pid, root fd)`` of a
+    live process of the same mount namespace (the caller's cache, left open), read through
+    before any ``/proc/<pid>/root`` is opened; ``via`` then names it relative to ``pid``."""
     paths = [p for a in args if (p := container_path(cwd, a)) is not None]
     if not paths:
         return [], "missing"
+    if anchor is not None and mntns:
+        who, root_fd = anchor
+        via: Via = "self" if who == pid else "parent" if who == ppid else "peer"
+        return [read_source(root_fd, p) for p in paths], via
     # the stand-ins of stand_in(), each opened as open_root() does (fewer syscalls)
     found = _first_stand_in(
         functools.partial(open_root, proc=proc), pid, fork_ns, ppid, mntns, peers
