@@ -5,14 +5,14 @@ thread CPU per exec+exit (with and without the profiler's own overhead) and the 
 functions by cumulative time.
 
 Knobs: BENCH_PM_PROF_SECONDS (10), BENCH_PM_PROF_RATE (200), BENCH_PM_PROF_TOP (35),
-BENCH_PM_PROF_OFF=1 (no cProfile: the plain CPU per exec), BENCH_PM_PROF_REPLAY (5): the
-raw records captured live are then decoded and fed again this many times (fresh pipeline
-and outbox each, same batches) without the kernel, the CPU per exec+exit printed for each
+BENCH_PM_PROF_OFF=1 (no cProfile: the plain CPU per exec), BENCH_PM_PROF_REPLAY (5): the raw
+records captured live are then decoded and fed again this many times (fresh pipeline and
+outbox each, same batches) without the kernel, the CPU per exec+exit printed for each
 (steadier than the live figure on a shared machine). BENCH_PM_PROF_BUILD=N: instead of the
 generator, N builds of bench j's generated C project (``make -B -j<nproc>``) in the
-container, one after another; the figures "per exec" are then per build. The records
-are read by the agent's own ``TracerLoop.step`` (BENCH_PM_PROF_HOLD_MS / _GAP_MS /
-_BUILD_GAP_MS override its hold and gaps); BENCH_PM_PROF_TIMER=cpu profiles thread CPU
+container, one after another; the figures "per exec" are then per build. The records are
+read by the agent's own ``TracerLoop.step`` (BENCH_PM_PROF_HOLD_MS / _GAP_MS / _BUILD_GAP_MS
+/ _BUILD_HOLD_MS override its hold and gaps); BENCH_PM_PROF_TIMER=cpu profiles thread CPU
 time, not wall time; BENCH_PM_PROF_SORT (tottime): the printed profiles' pstats sort key.
 """
 
@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry
 from watcher_common.outbox import Outbox
 from watcher_procmon.agent import Pipeline
 from watcher_procmon.events import decode
-from watcher_procmon.main import BUILD_GAP_S, GAP_S, HOLD_S, TracerLoop
+from watcher_procmon.main import BUILD_GAP_S, BUILD_HOLD_S, GAP_S, HOLD_S, TracerLoop
 from watcher_procmon.metrics import ProcmonMetrics
 from watcher_procmon.tracer import Tracer, TracerConfig
 
@@ -167,6 +167,7 @@ def main() -> int:
                 float(os.environ.get("BENCH_PM_PROF_HOLD_MS", HOLD_S * 1e3)) / 1e3,
                 float(os.environ.get("BENCH_PM_PROF_GAP_MS", GAP_S * 1e3)) / 1e3,
                 float(os.environ.get("BENCH_PM_PROF_BUILD_GAP_MS", BUILD_GAP_S * 1e3)) / 1e3,
+                float(os.environ.get("BENCH_PM_PROF_BUILD_HOLD_MS", BUILD_HOLD_S * 1e3)) / 1e3,
             )
             read_cpu = 0.0
             read_events = tracer.read_events

@@ -273,24 +273,78 @@ class _ScriptedTracer(_FailingTracer):
         self.reads = list(reversed(reads))
 
 
-def test_while_compilers_run_reads_are_written_at_once(tmp_path: Path) -> None:
-    """A burst read is held for the next reads (hold_s), except while a build runs: then
-    the longer gap between reads bounds exec -> outbox and nothing waits for more."""
+def test_while_compilers_run_new_sources_are_written_at_once_and_runs_wait(
+    tmp_path: Path,
+) -> None:
+    """While a build runs, a read that captured a source the outbox does not have is
+    written at once (exec -> outbox is bounded), with whatever earlier reads held; reads
+    of runs only, or of compiles whose sources are unchanged, wait up to build_hold_s.
+    exec -> outbox of an unchanged source is observed at its capture."""
     from watcher_procmon.main import TracerLoop
 
+    ws = tmp_path / "os-1-202600001" / "hw1"
+    ws.mkdir(parents=True)
+    src = ws / "main.c"
+    ident = IdentityConfig(container_roots=(f"{tmp_path}/{{workspace}}",))
+    me = os.getpid()
+    ticks = int(Path(f"/proc/{me}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    fork_ns = ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    mntns = os.stat(f"/proc/{me}/ns/mnt").st_ino
     outbox = Outbox(tmp_path / "outbox.db")
-    pipe = Pipeline(outbox, metrics=ProcmonMetrics(CollectorRegistry()))
-    gcc = replace(_exec(2000, 500), exe="/usr/bin/gcc", argv=("gcc", "-c", "x.c"))
-    tracer = _ScriptedTracer(_runs(2), [gcc, ExitEvent(600, 2000, 0, 2000)], _runs(1, 3000))
-    loop = TracerLoop(tracer, pipe, None, hold_s=60, gap_s=0, build_gap_s=0.001)  # type: ignore[arg-type]
-    assert not pipe.compiled_since(time.monotonic() - 0.5)
-    loop.step()  # no compiler: held
-    assert pipe.commit_due_in() is not None and _pids(outbox) == []
-    loop.step()  # a compile: this read and the held one are written now
-    assert pipe.compiled_since(time.monotonic() - 0.5)
-    assert pipe.commit_due_in() is None and _pids(outbox) == [1000, 1001, 2000]
-    loop.step()  # still within the build window: written at once too
-    assert pipe.commit_due_in() is None and _pids(outbox) == [1000, 1001, 2000, 3000]
+    metrics = ProcmonMetrics(CollectorRegistry())
+    pipe = Pipeline(outbox, identity=ident, metrics=metrics)
+
+    def compile_(ts: int) -> list[Event]:
+        ev = replace(
+            _exec(me, ts),
+            ppid=os.getppid(),
+            fork_ns=fork_ns,
+            mntns=mntns,
+            exe="/usr/bin/gcc",
+            filename="/usr/bin/gcc",
+            argv=("gcc", "-c", "main.c"),
+            cwd=str(ws),
+        )
+        return [ev, ExitEvent(ts + 1000, me, 0, me)]
+
+    def kinds() -> list[str]:
+        """What was written since the last call."""
+        batch = outbox.next_batch(10_000, 1 << 30)
+        outbox.ack([e.event_id for e in batch])
+        return [e.kind.split(".")[1] for e in batch]
+
+    def observed() -> float:
+        return sum(b.get() for b in metrics.exec_to_outbox._buckets)
+
+    now = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+    tracer = _ScriptedTracer(
+        compile_(now),  # the first compile: no build yet, a lone read written at once
+        _runs(2),  # the build's runs: held
+        compile_(now + 10_000),  # a changed source: written at once, with the held runs
+        compile_(now + 20_000),  # unchanged: held
+        _runs(1, 3000),
+    )
+    loop = TracerLoop(tracer, pipe, None, hold_s=0, gap_s=0, build_gap_s=0.001, build_hold_s=60)  # type: ignore[arg-type]
+    src.write_text("int a;\n")
+    loop.step()
+    assert kinds() == ["snapshot", "run"] and pipe.compiled_since(time.monotonic() - 0.5)
+    assert observed() == 1
+    loop.step()
+    due = pipe.commit_due_in()
+    assert due is not None and 59 < due <= 60 and kinds() == []
+    src.write_text("int b;\n")
+    loop.step()
+    assert pipe.commit_due_in() is None
+    assert kinds() == ["run", "run", "snapshot", "run"] and observed() == 2
+    loop.step()
+    assert pipe.commit_due_in() is not None and kinds() == []
+    assert observed() == 3  # nothing to store: observed at the capture
+    loop.step()
+    assert kinds() == [] and pipe.runs == 4
+    pipe.commit()
+    assert kinds() == ["run", "run"] and pipe.runs == 6
+    # read through the namespace's anchor, the parent (see test_capture)
+    assert metrics.source_capture.labels(via="parent")._value.get() == 3
     pipe.close()
     outbox.close()
 

@@ -6,9 +6,10 @@ when its driver's exit arrives (its children wrote and exited before it), and th
 put into the sink then. :meth:`Pipeline.feed_many` (one ring buffer read) writes all the
 events it produces in one outbox transaction: one fsync per read instead of one per event,
 and an event counts (metrics, dedup memory) once that transaction has committed. The agent
-lets that transaction wait for the reads of the next few tens of milliseconds (``hold_s``):
-a record is then in the agent's memory that long before it is durable, as records wait in
-the ring buffer for the periodic poll already.
+lets that transaction wait for later reads (``hold_s``; ``urgent_s`` for a batch that holds
+a newly captured source, whose exec -> outbox is bounded): a record is then in the agent's
+memory that long before it is durable, as records wait in the ring buffer for the periodic
+poll already.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ class Pipeline:
         # set inside feed_many: puts wait there and are stored together
         self._batch: list[_Put] | None = None
         self._batch_due = 0.0  # time.monotonic() by which a held batch is written
+        self._read_urgent_due = 0.0  # ... once it holds a new snapshot of the current read
         self._after_batch: list[Callable[[], None]] = []
         self._put_many: Callable[[Iterable[tuple[Event, bytes | None]]], None] | None = (
             sink.put_many if isinstance(sink, BatchSink) else None
@@ -210,15 +212,22 @@ class Pipeline:
         elif isinstance(ev, ExitEvent):
             self.namespaces.exit(ev.tgid)
 
-    def feed_many(self, events: Iterable[KernelEvent], hold_s: float = 0.0) -> None:
+    def feed_many(
+        self, events: Iterable[KernelEvent], hold_s: float = 0.0, urgent_s: float | None = None
+    ) -> None:
         """Feed a ring buffer read; the events it produces go to the sink in one write.
         With ``hold_s`` that write may wait for later reads, until ``hold_s`` after the
         read that began it (see :meth:`commit_due_in`): during a build each compile is a
-        read of its own, and one transaction per read cost more than the reads. A read
-        with ``hold_s`` 0 writes what earlier reads held at once."""
+        read of its own, and one transaction per read cost more than the reads. A new
+        snapshot (a source captured at exec that the outbox does not have yet) shortens
+        the wait to ``urgent_s`` after this read (default ``hold_s``): exec -> outbox is
+        bounded, a run's exit -> outbox is not. A read with ``hold_s`` 0 writes what
+        earlier reads held at once."""
+        now = time.monotonic()
         if self._batch is None:
             self._batch = []
-            self._batch_due = time.monotonic() + hold_s
+            self._batch_due = now + hold_s
+        self._read_urgent_due = now + (hold_s if urgent_s is None else urgent_s)
         self.namespaces.begin_batch()
         done = False
         try:
@@ -345,6 +354,7 @@ class Pipeline:
     def _snapshots(self, ev: ExecEvent, org: Origin, reads: list[SourceRead]) -> None:
         start: datetime | None = None  # only for a snapshot that is sent
         hashed = 0
+        stored = False  # a new snapshot was put
         for r in reads:
             if r.sha256:
                 hashed += 1
@@ -383,11 +393,18 @@ class Pipeline:
             if len(self._sent) > SNAPSHOT_MEMORY:
                 self._sent.popitem(last=False)
             self._put(snap, content, self._count_snapshot, self._unsent(key, sha, prev))
+            stored = True
         if hashed:
             self._hashed.inc(hashed)
-        if reads:
+        if not reads:
+            return
+        if stored:
             ts = ev.ts_ns
             self._after(lambda: self.metrics.exec_to_outbox.observe(_since(ts)))
+            if self._batch is not None:  # the held write is due sooner now
+                self._batch_due = min(self._batch_due, self._read_urgent_due)
+        else:  # every source as the outbox already has it: nothing to wait for
+            self.metrics.exec_to_outbox.observe(_since(ev.ts_ns))
 
     def _count_snapshot(self) -> None:
         self.snapshots += 1

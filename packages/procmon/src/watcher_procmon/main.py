@@ -48,11 +48,16 @@ DEFAULT_NICE = 10  # a build on a busy node waits less for the agent's bookkeepi
 # see TracerLoop: in a burst, exec -> outbox grows by up to GAP_S + HOLD_S (p99 <= 100 ms)
 HOLD_S = 0.03
 GAP_S = 0.03
-# While compilers run (one exec'd in the last BUILD_WINDOW_S): one read per BUILD_GAP_S,
-# written at once. The same bound as GAP_S + HOLD_S with half the reads: a 51-file
-# make -j2 took ~55 reads, now ~25 (each read is a cold start of the pipeline)
+# While compilers run (one exec'd in the last BUILD_WINDOW_S): one read per BUILD_GAP_S.
+# The same bound as GAP_S + HOLD_S with half the reads: a 51-file make -j2 took ~55 reads,
+# now ~18 (each read is a cold start of the pipeline while the compilers own the caches).
+# A read that captured a new source is written at once (exec -> outbox is bounded); runs
+# (and sources the outbox already has) wait up to BUILD_HOLD_S for one transaction: a
+# build's ~18 commits became ~2, and a run reaches the backend after the sender's linger
+# (SEND_LINGER_S) anyway.
 BUILD_GAP_S = 0.06
 BUILD_WINDOW_S = 0.5
+BUILD_HOLD_S = 1.0
 # An idle reader's periodic poll backs off: each empty one doubles the next timeout (from
 # the tracer's poll_ms) up to IDLE_POLL_MS; a read with records brings it back. Each wakeup
 # costs ~0.2-0.3 ms of CPU here, and an idle agent woke 20 times a second. What waits
@@ -170,9 +175,10 @@ class TracerLoop:
     between is read through its parent or a peer, see sources.py), and the write of a
     read that found its records already waiting (a burst) waits up to ``hold_s`` for the
     next reads: one transaction for several compiles. While a build runs (a compiler
-    exec'd in the last BUILD_WINDOW_S) the gap is ``build_gap_s`` and nothing is held: for
-    the same bound on exec -> outbox, a read saved is worth as much as a write (each is a
-    cold start while the compilers have the caches); outside builds the short gap keeps
+    exec'd in the last BUILD_WINDOW_S) the gap is ``build_gap_s`` (for the same bound on
+    exec -> outbox, a read saved is worth as much as a write: each is a cold start while
+    the compilers have the caches), a read that captured a new source is written at once
+    and the build's runs wait up to ``build_hold_s``; outside builds the short gap keeps
     commands that follow each other (a script's runs) close to their exec. A lone exec is
     read and written at once, as is whatever the periodic poll finds (a steady load gets
     no extra wakeups). A held record is in the agent's memory only, like one waiting for
@@ -186,6 +192,7 @@ class TracerLoop:
         hold_s: float = HOLD_S,
         gap_s: float = GAP_S,
         build_gap_s: float = BUILD_GAP_S,
+        build_hold_s: float = BUILD_HOLD_S,
         *,
         on_exit: Callable[[], None] | None = None,
     ) -> None:
@@ -195,6 +202,7 @@ class TracerLoop:
         self.hold_s = hold_s
         self.gap_s = gap_s
         self.build_gap_s = build_gap_s
+        self.build_hold_s = build_hold_s
         self.on_exit = on_exit  # called from the thread as it ends (stopped or failed)
         self.poll_ms = tracer.config.poll_ms  # the periodic poll's timeout now (see step)
         self.counters: Counters | None = None
@@ -224,12 +232,14 @@ class TracerLoop:
             self.poll_ms = min(max(self.poll_ms * 2, 1), max(base, IDLE_POLL_MS))
         # Records already there when the read began (after a gap): a burst, whose writes
         # wait for its next reads. A read that waited for its record (a lone compile or
-        # run) and the periodic poll write at once.
-        self.pipeline.feed_many(events, self.hold_s if waited_ms < 1 else 0.0)
+        # run) and the periodic poll write at once. While a build runs, runs wait longer
+        # and new sources not at all: the build gap alone bounds exec -> outbox.
+        if self.pipeline.compiled_since(time.monotonic() - BUILD_WINDOW_S):
+            self.pipeline.feed_many(events, self.build_hold_s, urgent_s=0.0)
+        else:
+            self.pipeline.feed_many(events, self.hold_s if waited_ms < 1 else 0.0)
         # after the read: its own compilers count
         building = self.pipeline.compiled_since(time.monotonic() - BUILD_WINDOW_S)
-        if building:
-            self.pipeline.commit()  # nothing waits: the build gap alone bounds the latency
         gap = self.build_gap_s if building else self.gap_s
         if events and woken and gap:
             time.sleep(gap)

@@ -119,7 +119,8 @@ class ProcmonMetrics:
         )
         self.exec_to_outbox = Histogram(
             "watcher_procmon_exec_to_outbox_seconds",
-            "From a compiler/interpreter exec (kernel time) to its snapshots in the outbox",
+            "From a compiler/interpreter exec (kernel time) to its snapshots in the outbox"
+            " (to its capture when the outbox already had every source as read)",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=reg,
         )
