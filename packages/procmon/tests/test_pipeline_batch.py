@@ -350,30 +350,38 @@ def test_while_compilers_run_new_sources_are_written_at_once_and_runs_wait(
 
 
 class _IdleTracer(_FailingTracer):
-    """Never has a record: every read waits its whole timeout (recorded, not slept)."""
+    """Waits its whole timeout (recorded) unless a read was queued in ``reads``."""
 
     def __init__(self) -> None:
         self.timeouts: list[int | None] = []
+        self.reads: list[list[Event]] = []
 
     def read_events(self, timeout_ms: int | None = None) -> list[Event]:
         self.timeouts.append(timeout_ms)
+        if self.reads:
+            return self.reads.pop()
         time.sleep((timeout_ms or 0) / 1e3)
         return []
 
 
-def test_idle_poll_backs_off_within_the_exec_to_outbox_bound(tmp_path: Path) -> None:
-    """An idle reader polls less often, but never so rarely that a record sent without a
-    wakeup (a student program's exec) could wait past exec -> outbox's 100 ms."""
-    from watcher_procmon.main import TracerLoop
+def test_idle_poll_backs_off_and_a_record_brings_it_back(tmp_path: Path) -> None:
+    """An idle reader polls less often, up to IDLE_POLL_MS: only records sent without a
+    wakeup wait for it (exits, and execs of programs that make no event before their
+    exit; compilers' and interpreters' execs wake the reader). A read with records
+    brings the poll back to poll_ms."""
+    from watcher_procmon.main import IDLE_POLL_MS, TracerLoop
 
     outbox = Outbox(tmp_path / "outbox.db")
     pipe = Pipeline(outbox, metrics=ProcmonMetrics(CollectorRegistry()))
     tracer = _IdleTracer()
-    loop = TracerLoop(tracer, pipe, None, hold_s=60, gap_s=0)  # type: ignore[arg-type]
+    loop = TracerLoop(tracer, pipe, None, hold_s=0, gap_s=0)  # type: ignore[arg-type]
     for _ in range(6):
         loop.step()
-    timeouts = [t or 0 for t in tracer.timeouts]
-    assert timeouts[0] == 50 and timeouts[-1] > 50  # backed off from poll_ms ...
-    assert max(timeouts) <= 80  # ... but stays well within the 100 ms bound
+    assert IDLE_POLL_MS == 500
+    assert tracer.timeouts == [50, 100, 200, 400, 500, 500]
+    tracer.reads.append(_runs(1))
+    loop.step()
+    loop.step()
+    assert tracer.timeouts[-2:] == [500, 50] and _pids(outbox) == [1000]
     pipe.close()
     outbox.close()

@@ -60,12 +60,14 @@ BUILD_WINDOW_S = 0.5
 BUILD_HOLD_S = 1.0
 # An idle reader's periodic poll backs off: each empty one doubles the next timeout (from
 # the tracer's poll_ms) up to IDLE_POLL_MS; a read with records brings it back. Each wakeup
-# costs ~0.2-0.3 ms of CPU here, and an idle agent woke 20 times a second. What waits
-# longer is only a record sent without a wakeup (an exit, a student program's exec) as the
-# first after a quiet spell: compiler and interpreter execs wake the reader at once. The
-# cap stays below the 100 ms exec -> outbox bound (issue #4), so a student's ./a.out after
-# a quiet minute is still in the outbox within it (200 ms was tried: 8 wakeups/s fewer).
-IDLE_POLL_MS = 80
+# costs ~0.1-0.2 ms of CPU here (80 ms: 2.3 ms a second for nothing, a sixth of what a build
+# cost the agent). What waits longer is only a record sent without a wakeup as the first
+# after a quiet spell: an exit, or the exec of a program that is neither compiler nor
+# interpreter, and neither makes an event before its exit (a run is written at its end).
+# Compiler and interpreter execs, whose captured sources exec -> outbox bounds (issue #4:
+# p99 <= 100 ms), wake the reader at once. So a quick ./a.out's run reaches the outbox up
+# to 0.5 s after its exit (the sender lingers up to SEND_LINGER_S after that anyway).
+IDLE_POLL_MS = 500
 # The sender's wait for a burst to fill its batch (its default: 0.2 s). A request costs the
 # agent ~6 ms of CPU (warm; more between a build's compiles) whatever its size: a build's
 # runs went out in ~5 requests a second (more CPU than tracing the build), 200 runs/s cost
