@@ -44,6 +44,19 @@ agent's userspace CPU at 200 student execs/s, and the slowdown of a real build.
    medians of wall and build CPU times, the agent's CPU per build alone, and exec →
    outbox p99 during the builds (the agent's histogram, summed over the rounds).
 
+Floor lines (informational, no target): before the agent is loaded, a minimal BPF object
+(bench/procmon/floor.bpf.c, compiled here with the Makefile's clang flags) is attached to
+the same two hooks and measured as in phase 1 (the same generator, N student execs at
+400/s, bpf_stats), then for FLOOR_SECONDS at the maximum rate (``nproc`` loops, as in bench
+i). It keeps what any design with one ring buffer record per student exec and one per its
+exit must do: the nodename prefix filter, the per-CPU counters, the tracked bit per tgid
+(set by the exec, claimed by the exit), a fixed-size record per exec (sizeof pm_exec, only
+tgid, ppid and time written) and per exit (pm_exit: tgid, wait status), the wakeup every
+256th record; no argv, paths, namespace ids, tool lookup or capture. A thread of this
+process consumes its ring buffer every 50 ms (the agent's idle poll). The gap between the
+agent's figure and the floor is what the record's content costs; the floor is what the
+hooks, the filter and the ring buffer cost on this machine whatever the content.
+
 The agent sends to a stub backend (a separate process that answers every event "stored"):
 its sender's work per request (batching, HTTP, acks in the outbox) is part of the agent's
 CPU in phases 2 and 3, as it is on a node. (Without a backend the sender would only fail to
@@ -51,7 +64,8 @@ connect and back off, costing a different, smaller amount.)
 
 Knobs: BENCH_PM_STAT_EXECS (5000), BENCH_PM_CPU_SECONDS (30), BENCH_PM_BUILD_ROUNDS (20;
 0 skips the build phase; each round is ~7 s on a quiet machine, the default keeps the
-bench under ~4 min; more rounds narrow the intervals), BENCH_PM_BUILD_FILES (50).
+bench under ~4 min; more rounds narrow the intervals), BENCH_PM_BUILD_FILES (50),
+BENCH_PM_FLOOR_SECONDS (10; the floor probe's max-rate run, 0 skips it).
 """
 
 from __future__ import annotations
@@ -69,12 +83,15 @@ from agentlib import Agent, histogram_quantile, sysctl, tmpfs_dir
 from benchlib import CLK_TCK, Metric, Result, log, run_bench, target_check
 from procmonlib import (
     agent_prog_ids,
+    build_floor,
     build_forkexec,
     build_sysloop,
+    floor_probe,
     forkexec,
     in_container,
     procmon,
     prog_stats,
+    prog_stats_by_id,
     require_root,
     runs_total,
     stats_delta,
@@ -90,6 +107,7 @@ STAT_EXECS = int(os.environ.get("BENCH_PM_STAT_EXECS", "5000"))
 CPU_SECONDS = float(os.environ.get("BENCH_PM_CPU_SECONDS", "30"))
 ROUNDS = int(os.environ.get("BENCH_PM_BUILD_ROUNDS", "20"))
 FILES = int(os.environ.get("BENCH_PM_BUILD_FILES", "50"))
+FLOOR_SECONDS = float(os.environ.get("BENCH_PM_FLOOR_SECONDS", "10"))
 NPROC = os.cpu_count() or 1
 EXEC_TO_OUTBOX = "watcher_procmon_exec_to_outbox_seconds"
 
@@ -190,6 +208,16 @@ def body(result: Result) -> None:
         make_project(proj)
         build(proj)  # warm the page cache, check it builds
         others = len(tracing_progs())
+        # ---- floor probe: before the agent, so that their programs never run together --
+        log("floor probe: filter + fixed ring records, at 400/s and at the max rate")
+        floor: dict[str, tuple[int, float, dict[str, tuple[int, int]]]] = {}
+        runs = {"400/s": (STAT_EXECS / 400, 400.0, 1), "max": (FLOOR_SECONDS, 0.0, NPROC)}
+        with floor_probe(build_floor(tmp)) as fp, sysctl("kernel/bpf_stats_enabled", "1"):
+            for label, (seconds, rate, workers) in runs.items():
+                if seconds > 0:
+                    s0 = prog_stats_by_id(fp.ids)
+                    n, secs = forkexec(gen, seconds, rate, workers, ["/bin/true"])
+                    floor[label] = (n, secs, stats_delta(s0, prog_stats_by_id(fp.ids)))
         # ---- 1 + 2: bpf_stats and userspace CPU ------------------------------------
         with procmon(tmp, api_server=api) as pm:
             pm.wait_log("procmon ready")
@@ -261,6 +289,12 @@ def body(result: Result) -> None:
         means = [d[k][0] / d[k][1] for k in names if d.get(k, (0, 0))[1]]
         return sum(means) if len(means) == len(names) else None
 
+    def floor_ns(label: str) -> float | None:
+        d = floor[label][2] if label in floor else {}
+        means = [d[k][0] / d[k][1] for k in ("floor_exec", "floor_exit") if d.get(k, (0, 0))[1]]
+        return round(sum(means)) if len(means) == 2 else None
+
+    floor_rate = floor["max"][0] / floor["max"][1] if "max" in floor else 0.0
     exec_exit = ns("student", "handle_exec", "handle_exit")
     filtered = ns("other", "handle_exec", "handle_exit")
     hook = next((h for h in ("handle_write", "handle_sys_enter") if h in per["student"][1]), "")
@@ -308,6 +342,10 @@ def body(result: Result) -> None:
         Metric("in-kernel time per student exec+exit", exec_exit, "ns", "<= 3,000",
                target_check(exec_exit, "<=", 3000)),
         Metric("in-kernel time per other process's exec+exit (filtered)", filtered, "ns"),
+        Metric("floor: filter + fixed ring records, per student exec+exit at 400/s",
+               floor_ns("400/s"), "ns"),
+        Metric(f"floor: the same at the max rate ({floor_rate:,.0f} execs/s)", floor_ns("max"),
+               "ns"),
         Metric("stderr hook per BPF run (see notes for which hook)",
                se_ns / se_cnt if se_cnt else None, "ns"),
         Metric("CPU added to an unrelated syscall (getppid) by the loaded agent",
@@ -344,6 +382,9 @@ def body(result: Result) -> None:
         " syscall of every process; both return at once unless the task is a captured"
         f" compiler); getppid() {sys_without:.1f} ns without the agent, {sys_with:.1f} ns"
         f" with it; exec+exit target 3 µs → {exec_exit_us and round(exec_exit_us, 2)} µs",
+        "floor probe (bench/procmon/floor.bpf.c, no agent loaded): (execs, seconds,"
+        f" {{program: (ns, runs)}}) per run: {floor}; records its reader took: {fp.records}"
+        " (exec and exit: the student execs of both runs and the generators themselves)",
         f"userspace CPU: {n200} execs in {secs200:.1f} s (+1 s to drain), utime+stime of the"
         " agent process; the agent sends to a stub backend that acks every event (its own"
         " process), so its sender's requests are counted",

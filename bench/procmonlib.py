@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -207,3 +208,94 @@ def kernel_counter(m: dict[str, float], typ: str, outcome: str) -> float:
 
 def runs_total(m: dict[str, float]) -> float:
     return sum(v for k, v in m.items() if k.startswith("process_events_total{"))
+
+
+# ---- the floor probe (bench j): bench/procmon/floor.bpf.c ---------------------------------
+
+FLOOR_PROGS = ("floor_exec", "floor_exit")
+PROCMON_PKG = HERE.parent / "packages" / "procmon"
+
+
+def build_floor(tmp: Path) -> Path:
+    """floor.bpf.o, compiled as packages/procmon/Makefile compiles procmon.bpf.o (same
+    clang flags, vmlinux.h and includes; make generates vmlinux.h if it is missing)."""
+    subprocess.run(["make", "-s", "-C", str(PROCMON_PKG), "build/vmlinux.h"], check=True)
+    arch = {"x86_64": "x86", "aarch64": "arm64", "ppc64le": "powerpc", "s390x": "s390",
+            "riscv64": "riscv"}.get(os.uname().machine, os.uname().machine)  # fmt: skip
+    obj = tmp / "floor.bpf.o"
+    subprocess.run(
+        [os.environ.get("CLANG", "clang"), "-O2", "-g", "-Wall", "-Werror", "-target", "bpf",
+         f"-D__TARGET_ARCH_{arch}", f"-I{PROCMON_PKG / 'build'}", f"-I{PROCMON_PKG / 'bpf'}",
+         "-c", str(HERE / "procmon" / "floor.bpf.c"), "-o", str(obj)],
+        check=True,
+    )  # fmt: skip
+    return obj
+
+
+class FloorProbe:
+    """The loaded floor probe: its program ids and the records its reader has taken."""
+
+    def __init__(self, ids: set[int]) -> None:
+        self.ids = ids
+        self.records = {"exec": 0, "exit": 0, "other": 0}
+
+    def on_record(self, raw: bytes) -> None:
+        kind = int.from_bytes(raw[:2], "little")  # pm_hdr.type
+        self.records["exec" if kind == 1 else "exit" if kind == 2 else "other"] += 1
+
+
+@contextlib.contextmanager
+def floor_probe(obj_path: Path, prefix: str = "jcode-") -> Iterator[FloorProbe]:
+    """Load and attach floor.bpf.o through the agent's libbpf binding, with a reader thread
+    that consumes its ring buffer every 50 ms (as the agent's idle poll does) so it never
+    fills; everything is detached and closed on exit."""
+    from watcher_procmon import libbpf
+    from watcher_procmon.events import PmConfig
+    from watcher_procmon.tracer import CONFIG_MAP
+
+    obj = libbpf.BpfObject(obj_path)
+    stop = threading.Event()
+    reader: threading.Thread | None = None
+    rb: libbpf.RingBuffer | None = None
+    try:
+        p = prefix.encode()
+        obj.map(CONFIG_MAP).set_initial_value(
+            PmConfig(prefix=p, prefix_len=len(p), enabled=1, wakeup_every=256)
+        )
+        obj.load()
+        probe = FloorProbe({obj.prog_id(name) for name in FLOOR_PROGS})
+        rb = libbpf.RingBuffer(obj.map("events"), probe.on_record)
+        ring = rb
+
+        def drain() -> None:
+            while not stop.wait(0.05):
+                ring.consume()
+
+        links = [obj.attach(name) for name in FLOOR_PROGS]
+        reader = threading.Thread(target=drain, name="floor-reader", daemon=True)
+        reader.start()
+        yield probe
+        for link in links:  # detached first: then the last records are all in the ring
+            link.destroy()
+        stop.set()
+        reader.join()
+        rb.consume()
+    finally:
+        stop.set()
+        if reader is not None:
+            reader.join()
+        if rb is not None:
+            rb.free()
+        obj.close()
+
+
+def prog_stats_by_id(ids: set[int]) -> dict[str, tuple[int, int]]:
+    """{program name: (run_time_ns, run_cnt)} of the given program ids, whatever their
+    names (``prog_stats`` only knows procmon's)."""
+    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
+    out = subprocess.run([bpftool, "prog", "show", "--json"], capture_output=True, check=True)
+    return {
+        str(p.get("name")): (int(p.get("run_time_ns", 0)), int(p.get("run_cnt", 0)))
+        for p in json.loads(out.stdout)
+        if int(p["id"]) in ids
+    }

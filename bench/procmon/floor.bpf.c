@@ -1,0 +1,150 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * The floor probe of bench j (never loaded by the agent): the least a design with one
+ * ring buffer record per student exec and one per its exit can cost on these hooks.
+ * What procmon.bpf.c keeps and this does too: the same two hooks, the same UTS nodename
+ * prefix filter (a .rodata prefix), the per-CPU counters, the tracked bit per tgid (set
+ * by the exec, claimed by the exit with an atomic AND: the exit must know it is owed) and
+ * the batched wakeup (every 256th record per CPU). What it leaves out: argv, filename,
+ * exe and cwd walks, nodename copy, namespace ids, tool lookup, stderr capture, scratch.
+ * The exec record is sizeof(struct pm_exec) with only tgid, ppid and the time written;
+ * the exit record is a pm_exit with tgid and the wait status.
+ *
+ * Built by the bench at run time with the Makefile's clang flags, vmlinux.h and includes.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include "procmon_event.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define SIGNAL_GROUP_EXIT 0x00000004
+
+/* Only prefix_len, prefix and wakeup_every are used. */
+const volatile struct pm_config cfg SEC(".rodata.cfg") = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} events SEC(".maps");
+
+#define PM_PID_LIMIT (4U << 20)
+#define PM_TRACKED(tgid) (1ULL << (((tgid) % 32) * 2))
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, PM_PID_LIMIT / 32);
+	__type(key, __u32);
+	__type(value, __u64);
+} pidbits SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pm_counters);
+} stats SEC(".maps");
+
+static __always_inline struct pm_counters *get_counters(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&stats, &zero);
+}
+
+static __always_inline __u64 wakeup_flag(struct pm_counters *c)
+{
+	if ((c->exec_emitted + c->exit_emitted) % cfg.wakeup_every == 0) {
+		c->wakeups++;
+		return BPF_RB_FORCE_WAKEUP;
+	}
+	return BPF_RB_NO_WAKEUP;
+}
+
+static __always_inline bool prefix_matches(struct uts_namespace *uts)
+{
+	__u32 n = cfg.prefix_len;
+	bool ok = true;
+
+#pragma unroll
+	for (int i = 0; i < PM_PREFIX_MAX; i++) {
+		if (i < n && uts->name.nodename[i] != cfg.prefix[i])
+			ok = false;
+	}
+	return ok;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(floor_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct pm_counters *c = get_counters();
+
+	if (!c)
+		return 0;
+	c->exec_seen++;
+	if (!prefix_matches(task->nsproxy->uts_ns)) {
+		c->exec_filtered++;
+		return 0;
+	}
+
+	__u32 tgid = task->tgid;
+	__u32 k = tgid / 32;
+	__u64 *pw = bpf_map_lookup_elem(&pidbits, &k);
+	struct pm_exec *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+
+	if (!e) {
+		c->exec_drop_ringbuf++;
+		return 0;
+	}
+	e->hdr.type = PM_EV_EXEC;
+	e->hdr.version = PM_ABI_VERSION;
+	e->hdr.size = sizeof(*e);
+	e->hdr.ts_ns = bpf_ktime_get_boot_ns();
+	e->tgid = tgid;
+	e->ppid = task->real_parent->tgid;
+	c->exec_emitted++;
+	bpf_ringbuf_submit(e, wakeup_flag(c));
+	if (pw)
+		__sync_fetch_and_or(pw, PM_TRACKED(tgid));
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(floor_exit, struct task_struct *task, bool group_dead)
+{
+	struct pm_counters *c = get_counters();
+
+	if (!group_dead || !c)
+		return 0;
+	c->exit_seen++;
+
+	__u32 tgid = task->tgid;
+	__u32 k = tgid / 32;
+	__u64 *pw = bpf_map_lookup_elem(&pidbits, &k);
+
+	if (!pw || !(*pw & PM_TRACKED(tgid)) ||
+	    !(__sync_fetch_and_and(pw, ~PM_TRACKED(tgid)) & PM_TRACKED(tgid))) {
+		c->exit_filtered++;
+		return 0;
+	}
+
+	struct pm_exit *x = bpf_ringbuf_reserve(&events, sizeof(*x), 0);
+
+	if (!x) {
+		c->exit_drop_ringbuf++;
+		return 0;
+	}
+	struct signal_struct *sig = task->signal;
+
+	x->hdr.type = PM_EV_EXIT;
+	x->hdr.version = PM_ABI_VERSION;
+	x->hdr.size = sizeof(*x);
+	x->hdr.ts_ns = bpf_ktime_get_boot_ns();
+	x->tgid = tgid;
+	x->status = sig->flags & SIGNAL_GROUP_EXIT ? sig->group_exit_code
+						   : task->group_leader->exit_code;
+	c->exit_emitted++;
+	bpf_ringbuf_submit(x, wakeup_flag(c));
+	return 0;
+}
