@@ -202,6 +202,26 @@ def test_held_reads_are_stored_together_once_due(tmp_path: Path) -> None:
     outbox.close()
 
 
+def test_held_runs_are_made_when_stored_and_an_unsendable_one_is_dropped_alone(
+    tmp_path: Path,
+) -> None:
+    """A held read's runs are encoded when the batch is stored; one that cannot be sent
+    (an exe path over the wire's 4096 characters) is counted as invalid there and the
+    others are stored, in order."""
+    outbox = Outbox(tmp_path / "outbox.db")
+    metrics = ProcmonMetrics(CollectorRegistry())
+    pipe = Pipeline(outbox, metrics=metrics)
+    evs = _runs(3)
+    evs[2] = replace(evs[2], exe="/x" * 3000)  # the second run's exec
+    pipe.feed_many(evs, hold_s=60)
+    assert _pids(outbox) == [] and metrics.dropped.labels(reason="invalid")._value.get() == 0
+    pipe.commit()
+    assert _pids(outbox) == [1000, 1002] and pipe.runs == 2
+    assert metrics.dropped.labels(reason="invalid")._value.get() == 1
+    pipe.close()
+    outbox.close()
+
+
 def test_build_children_end_without_a_run(tmp_path: Path) -> None:
     """A compiler's pass (build_tgid of another process) sends nothing and is counted as
     a build child; the program it replaced in its pid still gets its run, and a child that

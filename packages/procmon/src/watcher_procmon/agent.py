@@ -27,7 +27,7 @@ from watcher_common.identity import DEFAULT, IdentityConfig, NotStudent, Workspa
 from watcher_common.outbox import EncodedEvent, OutboxFull
 from watcher_common.wire import Event, FileSnapshot, ProcessRun
 from watcher_procmon.classify import Classification, classify
-from watcher_procmon.diagnostics import StderrCollector
+from watcher_procmon.diagnostics import BuildOutput, StderrCollector
 from watcher_procmon.events import Event as KernelEvent
 from watcher_procmon.events import ExecEvent, ExitEvent, StderrEvent
 from watcher_procmon.metrics import ProcmonMetrics, process_name
@@ -81,7 +81,8 @@ class EncodedSink(Protocol):
 # not frozen: see _Pending
 @dataclass(slots=True)
 class _Put:
-    event: Event | EncodedEvent
+    # None: a run made when its batch is stored, from ``run`` (see Pipeline._on_record)
+    event: Event | EncodedEvent | None
     content: bytes | None
     done: Callable[[], None] | None  # after it is stored
     failed: Callable[[], None] | None  # when the sink refused it (OutboxFull)
@@ -89,6 +90,7 @@ class _Put:
     # (fields, not a closure per run: this is the per-exec path)
     run_counter: _Inc | None = None
     end_ns: int | None = None
+    run: tuple[ProcessRecord, _Pending] | None = None
 
 
 class HealthLike(Protocol):
@@ -441,28 +443,52 @@ class Pipeline:
         if isinstance(p.origin, NotStudent):
             self._drop_not_student.inc()
             return
-        run: ProcessRun | EncodedEvent | None = None
-        if self._encoded is not None and build is None:
-            run = process_run_encoded(
-                rec, p.cls, p.origin, self.node, self.version, p.sources, self.identity
-            )
-        try:
-            if run is None:
-                run = process_run(
-                    rec, p.cls, p.origin, p.sources, build, self.node, self.version, self.identity
-                )
-        except ValueError as exc:  # pydantic's ValidationError, undecodable text
-            self._drop_invalid.inc()
-            log.warning("process record not sendable (%s): %s", p.cls.tool, type(exc).__name__)
-            return
-        if build is not None and isinstance(run, ProcessRun):
-            self.metrics.diagnostics.inc(len(run.diagnostics))
         counter = self._process_events(process_name(p.cls, ev.exe))
+        if self._batch is not None and build is None:
+            # made when the batch is stored: the runs of a build's reads are then encoded
+            # one after another, warm, instead of each in a read of its own while the
+            # compilers have the caches
+            self._batch.append(_Put(None, None, None, None, counter, rec.end_ns, (rec, p)))
+            return
+        run = self._run(rec, p, build)
+        if run is None:
+            return
         item = _Put(run, None, None, None, counter, rec.end_ns)  # counted in _stored
         if self._batch is not None:
             self._batch.append(item)
         else:
             self._store([item])
+
+    def _run(
+        self, rec: ProcessRecord, p: _Pending, build: BuildOutput | None
+    ) -> ProcessRun | EncodedEvent | None:
+        """The run's wire event; None when it cannot be sent (counted and logged)."""
+        org = p.origin
+        assert isinstance(org, Origin)  # NotStudent runs are dropped before
+        run: ProcessRun | EncodedEvent | None = None
+        if self._encoded is not None and build is None:
+            run = process_run_encoded(
+                rec, p.cls, org, self.node, self.version, p.sources, self.identity
+            )
+        try:
+            if run is None:
+                run = process_run(
+                    rec, p.cls, org, p.sources, build, self.node, self.version, self.identity
+                )
+        except ValueError as exc:  # pydantic's ValidationError, undecodable text
+            self._drop_invalid.inc()
+            log.warning("process record not sendable (%s): %s", p.cls.tool, type(exc).__name__)
+            return None
+        if build is not None and isinstance(run, ProcessRun):
+            self.metrics.diagnostics.inc(len(run.diagnostics))
+        return run
+
+    def _made(self, item: _Put) -> bool:
+        """Make a deferred run's event (see _on_record); False when it cannot be sent."""
+        if item.event is None and item.run is not None:
+            item.event = self._run(*item.run, None)
+            item.run = None
+        return item.event is not None
 
     def _process_events(self, name: str) -> _Inc:
         child = self._by_name.get(name)
@@ -494,6 +520,7 @@ class Pipeline:
 
     def _store(self, items: list[_Put]) -> None:
         after, self._after_batch = self._after_batch, []
+        items = [i for i in items if self._made(i)]
         if len(items) > 1 and self._put_many is not None:
             try:
                 self._put_many([(i.event, i.content) for i in items])  # type: ignore[misc]
@@ -515,6 +542,7 @@ class Pipeline:
                     assert self._encoded is not None  # only made for such a sink
                     self._encoded.put(item.event, None)
                 else:
+                    assert item.event is not None  # made in _store
                     self.sink.put(item.event, item.content)
             except OutboxFull as exc:
                 self._drop_full.inc()
