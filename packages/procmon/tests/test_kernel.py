@@ -420,3 +420,30 @@ def test_metrics_read_the_kernel_counters_at_scrape_time(bpf_object: Path) -> No
         after = execs_emitted(reg)
     assert before is not None and after is not None and after >= before + 3
     assert execs_emitted(reg) is None  # closed: the loop's last reading (none here)
+
+
+def test_wait_reports_a_wakeup_without_reading(bpf_object: Path) -> None:
+    """Tracer.wait() returns at an interpreter's exec (its record wakes the reader), once,
+    and leaves the records in the ring for read_events(0); records sent without a wakeup
+    (a plain program's exec and exit) do not end a wait."""
+    host = "jcodw-os-1-202012345-wait"  # a prefix of its own: nothing else wakes it
+    with Tracer(TracerConfig(prefix="jcodw-", bpf_object=bpf_object)) as tracer:
+        quiet = f"hostname {host}; /bin/true"
+        # the first record on each CPU wakes the reader (then every 256th: wakeup_every)
+        for cpu in sorted(os.sched_getaffinity(0)):
+            cmd = ["taskset", "-c", str(cpu), "unshare", "--uts", "sh", "-c", quiet]
+            subprocess.run(cmd, check=True)
+        tracer.read_events(0)
+        tracer.wait(0)  # forget those wakeups
+        subprocess.run(["unshare", "--uts", "sh", "-c", quiet], check=True)
+        assert not tracer.wait(300)  # sh, hostname, true: no wakeup
+        py = f"hostname {host}; exec python3 -S -c pass"
+        subprocess.run(["unshare", "--uts", "sh", "-c", py], check=True)
+        assert tracer.wait(2000)
+        assert not tracer.wait(0)  # each wakeup is reported once
+        events = tracer.read_events(0)  # the records stayed in the ring
+        execs = [e for e in events if isinstance(e, ExecEvent)]
+        assert any(e.argv[:1] == ("python3",) for e in execs) and any(
+            e.argv[:1] == ("/bin/true",) or e.filename == "/bin/true" for e in execs
+        )
+        assert not tracer.wait(300)  # read: no wakeup pending any more

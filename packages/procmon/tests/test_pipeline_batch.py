@@ -269,6 +269,9 @@ class _FailingTracer:
             raise RuntimeError("ring buffer gone")
         return self.reads.pop()
 
+    def wait(self, timeout_ms: int) -> bool:
+        return bool(self.reads)
+
     def counters(self) -> SimpleNamespace:
         return SimpleNamespace(dropped=0)
 
@@ -365,6 +368,43 @@ def test_while_compilers_run_new_sources_are_written_at_once_and_runs_wait(
     assert kinds() == ["run", "run"] and pipe.runs == 6
     # read through the namespace's anchor, the parent (see test_capture)
     assert metrics.source_capture.labels(via="parent")._value.get() == 3
+    pipe.close()
+    outbox.close()
+
+
+class _TimedTracer(_ScriptedTracer):
+    """A scripted tracer that records when it was waited on and read, and how."""
+
+    def __init__(self, *reads: list[Event]) -> None:
+        super().__init__(*reads)
+        self.calls: list[tuple[str, int | None, float]] = []
+
+    def wait(self, timeout_ms: int) -> bool:
+        self.calls.append(("wait", timeout_ms, time.monotonic()))
+        return super().wait(timeout_ms)
+
+    def read_events(self, timeout_ms: int | None = None) -> list[Event]:
+        self.calls.append(("read", timeout_ms, time.monotonic()))
+        return super().read_events(timeout_ms)
+
+
+def test_a_build_read_waits_the_gap_after_its_wakeup(tmp_path: Path) -> None:
+    """While a build runs, the reader waits for a wakeup, then build_gap_s, and only then
+    reads (everything there is): compiles that follow within the gap share the read."""
+    from watcher_procmon.main import TracerLoop
+
+    outbox = Outbox(tmp_path / "outbox.db")
+    pipe = Pipeline(outbox, metrics=ProcmonMetrics(CollectorRegistry()))
+    gcc = replace(_exec(2000, 500), exe="/usr/bin/gcc", argv=("gcc", "-c", "x.c"))
+    tracer = _TimedTracer([gcc], _runs(2))
+    loop = TracerLoop(tracer, pipe, None, hold_s=0, gap_s=0, build_gap_s=0.05)  # type: ignore[arg-type]
+    loop.step()  # the compile: a plain read (no build yet)
+    assert [c[:2] for c in tracer.calls] == [("read", 50)]
+    loop.step()  # a build step: wait, the gap, forget the wakeups it takes, read
+    (_, _, waited), drained, (what, timeout, read_at) = tracer.calls[1:]
+    assert drained[:2] == ("wait", 0)
+    assert what == "read" and timeout == 0 and read_at - waited >= 0.05
+    assert pipe.commit_due_in() is not None  # the runs are held
     pipe.close()
     outbox.close()
 

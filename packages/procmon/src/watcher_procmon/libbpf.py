@@ -13,6 +13,7 @@ import ctypes.util
 import errno as errno_mod
 import logging
 import os
+import select
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -292,6 +293,8 @@ class RingBuffer:
         if not ptr:
             raise LibbpfError(f"ring_buffer__new on map {rb_map.name}", _errno())
         self._ptr: int | None = ptr
+        self._map_fd = rb_map.fd
+        self._wakeups: select.epoll | None = None  # made by the first wait()
 
     def _sample(self, _ctx: int | None, data: int | None, size: int) -> int:
         try:
@@ -315,6 +318,20 @@ class RingBuffer:
             raise LibbpfError("ring buffer is closed", errno_mod.EBADF)
         return self._after(lib().ring_buffer__poll(self._ptr, timeout_ms), "ring_buffer__poll")
 
+    def wait(self, timeout_ms: int) -> bool:
+        """Wait up to ``timeout_ms`` for a wakeup *without* consuming: True when the ring
+        was woken (a record submitted with a wakeup) since the last ``wait`` returned; its
+        records stay for a later poll/consume. ``wait(0)`` forgets earlier wakeups."""
+        if self._ptr is None:
+            raise LibbpfError("ring buffer is closed", errno_mod.EBADF)
+        if self._wakeups is None:
+            # edge-triggered on the map's fd: each wakeup is reported once. libbpf's own
+            # (level-triggered) epoll also reports a ring that merely holds records sent
+            # without a wakeup once it was woken before.
+            self._wakeups = select.epoll()
+            self._wakeups.register(self._map_fd, select.EPOLLIN | select.EPOLLET)
+        return bool(self._wakeups.poll(timeout_ms / 1e3, 1))
+
     def consume(self) -> int:
         """Consume everything available now, woken or not (records sent with NO_WAKEUP)."""
         if self._ptr is None:
@@ -325,3 +342,6 @@ class RingBuffer:
         if self._ptr is not None:
             lib().ring_buffer__free(self._ptr)
             self._ptr = None
+        if self._wakeups is not None:
+            self._wakeups.close()
+            self._wakeups = None

@@ -223,6 +223,8 @@ class TracerLoop:
         timeout = self.poll_ms
         if due is not None:
             timeout = min(timeout, math.ceil(due * 1e3))
+        if self.pipeline.compiled_since(time.monotonic() - BUILD_WINDOW_S):
+            return self._build_step(timeout)
         t0 = time.monotonic()
         events = self.tracer.read_events(timeout)
         waited_ms = (time.monotonic() - t0) * 1e3
@@ -234,17 +236,30 @@ class TracerLoop:
             self.poll_ms = min(max(self.poll_ms * 2, 1), max(base, IDLE_POLL_MS))
         # Records already there when the read began (after a gap): a burst, whose writes
         # wait for its next reads. A read that waited for its record (a lone compile or
-        # run) and the periodic poll write at once. While a build runs, runs wait longer
-        # and new sources not at all: the build gap alone bounds exec -> outbox.
-        if self.pipeline.compiled_since(time.monotonic() - BUILD_WINDOW_S):
-            self.pipeline.feed_many(events, self.build_hold_s, urgent_s=0.0)
-        else:
-            self.pipeline.feed_many(events, self.hold_s if waited_ms < 1 else 0.0)
-        # after the read: its own compilers count
-        building = self.pipeline.compiled_since(time.monotonic() - BUILD_WINDOW_S)
-        gap = self.build_gap_s if building else self.gap_s
-        if events and woken and gap:
-            time.sleep(gap)
+        # run) and the periodic poll write at once.
+        self.pipeline.feed_many(events, self.hold_s if waited_ms < 1 else 0.0)
+        # a read whose compiler began a build: the next one is a build step (it waits)
+        if (
+            events
+            and woken
+            and self.gap_s
+            and not self.pipeline.compiled_since(time.monotonic() - BUILD_WINDOW_S)
+        ):
+            time.sleep(self.gap_s)
+        return len(events)
+
+    def _build_step(self, timeout_ms: int) -> int:
+        """A read while a build runs: it waits ``build_gap_s`` after the wakeup that asks
+        for it (a compiler's exec), so the compiles that follow within that time share it
+        and its cold start, and no exec waits much longer than that for its capture (a
+        fixed gap after each read made ~10 % more reads in a 51-file make -j2, for the
+        same bound). New sources are written at once, runs held up to build_hold_s."""
+        if self.tracer.wait(timeout_ms) and self.build_gap_s:
+            time.sleep(self.build_gap_s)
+        self.tracer.wait(0)  # the wakeups of what this read takes (those during the gap)
+        events = self.tracer.read_events(0)
+        self.poll_ms = self.tracer.config.poll_ms
+        self.pipeline.feed_many(events, self.build_hold_s, urgent_s=0.0)
         return len(events)
 
     def _run(self) -> None:

@@ -231,6 +231,12 @@ class Tracer:
         out, self._events = self._events, []
         return out
 
+    def wait(self, timeout_ms: int) -> bool:
+        """Wait up to ``timeout_ms`` for a wakeup without reading: True when one came."""
+        if self._rb is None:
+            raise TracerError("tracer is closed")
+        return self._rb.wait(timeout_ms)
+
     def poll(self, timeout_ms: int | None = None) -> list[ProcessRecord]:
         """Completed process records."""
         done: list[ProcessRecord] = []
