@@ -103,8 +103,10 @@ int BPF_PROG(floor_exec, struct task_struct *task, pid_t old_pid, struct linux_b
 	e->hdr.ts_ns = bpf_ktime_get_boot_ns();
 	e->tgid = tgid;
 	e->ppid = task->real_parent->tgid;
-	c->exec_emitted++;
+	/* counted after the flag, before for the exit: as procmon.bpf.c does (the same
+	 * wakeups per record, each an irq_work self-IPI) */
 	bpf_ringbuf_submit(e, wakeup_flag(c));
+	c->exec_emitted++;
 	if (pw)
 		__sync_fetch_and_or(pw, PM_TRACKED(tgid));
 	return 0;
