@@ -178,10 +178,11 @@ class TracerLoop:
     between is read through its parent or a peer, see sources.py), and the write of a
     read that found its records already waiting (a burst) waits up to ``hold_s`` for the
     next reads: one transaction for several compiles. While a build runs (a compiler
-    exec'd in the last BUILD_WINDOW_S) the gap is ``build_gap_s`` (for the same bound on
-    exec -> outbox, a read saved is worth as much as a write: each is a cold start while
-    the compilers have the caches), a read that captured a new source is written at once
-    and the build's runs wait up to ``build_hold_s``; outside builds the short gap keeps
+    exec'd in the last BUILD_WINDOW_S) a read waits ``build_gap_s`` after the wakeup that
+    asks for it (for the same bound on exec -> outbox, a read saved is worth as much as a
+    write: each is a cold start while the compilers have the caches), a read that captured
+    a new source is written at once and the build's runs wait up to ``build_hold_s``
+    (:meth:`_build_step`); outside builds the short gap keeps
     commands that follow each other (a script's runs) close to their exec. A lone exec is
     read and written at once, as is whatever the periodic poll finds (a steady load gets
     no extra wakeups). A held record is in the agent's memory only, like one waiting for
