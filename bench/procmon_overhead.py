@@ -51,8 +51,9 @@ the same two hooks and measured as in phase 1 (the same generator, N student exe
 i). It keeps what any design with one ring buffer record per student exec and one per its
 exit must do: the nodename prefix filter, the per-CPU counters, the tracked bit per tgid
 (set by the exec, claimed by the exit), a fixed-size record per exec (sizeof pm_exec, only
-tgid, ppid and time written) and per exit (pm_exit: tgid, wait status), the wakeup every
-256th record; no argv, paths, namespace ids, tool lookup or capture. A thread of this
+tgid, ppid and time written) and per exit (pm_exit: tgid, wait status), the batched
+wakeup counted as procmon.bpf.c counts it; no argv, paths, namespace ids, tool lookup or
+capture. A thread of this
 process consumes its ring buffer every 50 ms (the agent's idle poll). The gap between the
 agent's figure and the floor is what the record's content costs; the floor is what the
 hooks, the filter and the ring buffer cost on this machine whatever the content.

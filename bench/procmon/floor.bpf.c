@@ -5,7 +5,7 @@
  * What procmon.bpf.c keeps and this does too: the same two hooks, the same UTS nodename
  * prefix filter (a .rodata prefix), the per-CPU counters, the tracked bit per tgid (set
  * by the exec, claimed by the exit with an atomic AND: the exit must know it is owed) and
- * the batched wakeup (every 256th record per CPU). What it leaves out: argv, filename,
+ * the batched wakeup (wakeup_every, counted as there). What it leaves out: argv, filename,
  * exe and cwd walks, nodename copy, namespace ids, tool lookup, stderr capture, scratch.
  * The exec record is sizeof(struct pm_exec) with only tgid, ppid and the time written;
  * the exit record is a pm_exit with tgid and the wait status.
