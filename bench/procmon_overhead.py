@@ -44,6 +44,13 @@ agent's userspace CPU at 200 student execs/s, and the slowdown of a real build.
    medians of wall and build CPU times, the agent's CPU per build alone, and exec →
    outbox p99 during the builds (the agent's histogram, summed over the rounds).
 
+   Each traced build is the agent's first sight of 50 of the project's files (a fresh
+   agent per round): their sources are new snapshots, written and sent. A long-running
+   agent sees that once; in 9 of the issue's 10 compiles of the project the sources are
+   unchanged. So after each traced round's timed build the same agent builds the project
+   once more, and "the same for the next build by the same agent" is that build's agent
+   + BPF CPU (measured the same way) over the round's untraced build CPU (informational).
+
 Floor lines (informational, no target): before the agent is loaded, a minimal BPF object
 (bench/procmon/floor.bpf.c, compiled here with the Makefile's clang flags) is attached to
 the same two hooks and measured as in phase 1 (the same generator, N student execs at
@@ -249,6 +256,7 @@ def body(result: Result) -> None:
         traced_builds = 0.0
         agent_cpu: list[float] = []  # the agent's on-CPU s per traced build (+0.5 s drain)
         bpf_cpu: list[float] = []  # its BPF programs' run time during the traced build, s
+        repeat_cpu: list[float] = []  # agent + BPF, s, for a second build by the same agent
         latency: dict[str, float] = {}  # exec -> outbox histogram summed over the rounds
         sent = 0  # rounds whose window ended with a request to the backend
         with sysctl("kernel/bpf_stats_enabled", "1"):
@@ -277,6 +285,18 @@ def body(result: Result) -> None:
                             for k, v in m1.items():
                                 if k.startswith(EXEC_TO_OUTBOX + "_bucket"):
                                     latency[k] = latency.get(k, 0.0) + v - m0.get(k, 0.0)
+                            # the same project again with the same agent (as for 9 of the
+                            # issue's 10 compiles): its sources are in the outbox already
+                            cpu0, st0 = pm.cpu_ns(), prog_stats(progs)
+                            build(proj)
+                            ended = time.time_ns()
+                            st1 = prog_stats(progs)
+                            time.sleep(0.5)
+                            wait_sent(api, ended, SEND_LINGER_S + 1.5)
+                            repeat_cpu.append(
+                                (pm.cpu_ns() - cpu0) / 1e9
+                                + sum(ns for ns, _ in stats_delta(st0, st1).values()) / 1e9
+                            )
                     else:
                         warm_up(proj, tmp, None)
                         without.append(build(proj))
@@ -328,6 +348,10 @@ def body(result: Result) -> None:
     # time from schedstat, its programs' run time from bpf_stats), over the build's CPU
     cost = [(a + b) / co * 100 for a, b, (_, co) in zip(agent_cpu, bpf_cpu, without, strict=True)]
     slow_cost = median(cost)
+    # the same, for the build right after it (same agent, same project: nothing new to
+    # capture), over the same round's untraced build CPU
+    cost_repeat = [r / co * 100 for r, (_, co) in zip(repeat_cpu, without, strict=True)]
+    slow_repeat = median(cost_repeat)
     # the agent's CPU as a share of the build's: the slowdown if all of it competed
     share = None if a_med is None or not wo_med else a_med / (NPROC * wo_med) * 100
     slow_cpu = None if c_med is None or co_med is None else (c_med / co_med - 1) * 100
@@ -359,6 +383,8 @@ def body(result: Result) -> None:
         Metric("build wall time, median with the agent", rnd(w_med, 3), "s"),
         Metric("build slowdown: CPU procmon adds (agent + its BPF programs) / build CPU,"
                " median", rnd(slow_cost, 2), "%", "<= 1", target_check(slow_cost, "<=", 1)),
+        Metric("  the same for the next build by the same agent (sources unchanged), median",
+               rnd(slow_repeat, 2), "%"),
         Metric("build slowdown (wall, median of per-round paired ratios)", rnd(slow_paired, 2),
                "%"),
         Metric("  its 95% interval (order statistics): upper end", ci_hi(paired_ci), "%"),
@@ -397,7 +423,8 @@ def body(result: Result) -> None:
         f" {[round(c, 2) for _, c in with_agent]} s;"
         f" per-round paired slowdowns {[round(p, 1) for p in paired]} % (wall; median's 95%"
         f" interval {ci_text(paired_ci)}), {[round(p, 1) for p in paired_cpu]} % (CPU;"
-        f" {ci_text(cpu_ci)}), {[round(p, 2) for p in cost]} % (CPU procmon adds);"
+        f" {ci_text(cpu_ci)}), {[round(p, 2) for p in cost]} % (CPU procmon adds),"
+        f" {[round(p, 2) for p in cost_repeat]} % (the same for the next build);"
         f" run-to-run spread without the agent ±{spread:.1f}%; runs the agent recorded per"
         f" traced build ≈{traced_builds / max(1, ROUNDS):.0f}; agent CPU per traced build"
         f" {[round(c * 1000, 1) for c in agent_cpu]} ms; its BPF programs' run time per"
