@@ -16,7 +16,6 @@ from prometheus_client import REGISTRY
 from watcher_common.agent_config import ConfigError
 from watcher_common.agent_http import AgentHttpServer
 from watcher_common.agent_runtime import AgentRuntime
-from watcher_common.gc_tuning import AGENT_GEN0_THRESHOLD, quiet_gc
 from watcher_common.logs import setup_logging
 from watcher_filemon.agent import Filemon, agent_version
 from watcher_filemon.config import ENV_HELP, FilemonConfig
@@ -40,7 +39,6 @@ async def run(cfg: FilemonConfig) -> None:
     sender_task = loop.create_task(sender.run_forever())
     try:
         await filemon.start()
-        quiet_gc(AGENT_GEN0_THRESHOLD)  # start-up (and the first scan) is done
         await stop.wait()
         log.info("filemon stopping")
     finally:

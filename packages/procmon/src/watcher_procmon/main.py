@@ -29,7 +29,6 @@ from prometheus_client import REGISTRY
 from watcher_common.agent_config import AgentSettings, ConfigError
 from watcher_common.agent_http import AgentHttpServer, Health
 from watcher_common.agent_runtime import AgentRuntime
-from watcher_common.gc_tuning import AGENT_GEN0_THRESHOLD, quiet_gc
 from watcher_common.identity import IdentityConfig
 from watcher_common.logs import setup_logging
 from watcher_common.sender import preload_transport
@@ -339,7 +338,6 @@ async def run(cfg: ProcmonConfig, tracer: Tracer) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     sender_task = loop.create_task(sender.run_forever())
-    quiet_gc(AGENT_GEN0_THRESHOLD)  # start-up is done (the BPF object, the first requests' imports)
     loop_.start()
     log.info("procmon ready: tracing student containers (prefix %r)", cfg.prefix)
     try:
