@@ -466,3 +466,23 @@ async def test_prepare_builds_the_client_that_run_forever_then_uses(
     assert len(made) == 1  # the prepared client sent it; none built after "ready"
     await sender.stop(0.5)
     assert made[0].is_closed
+
+
+async def test_agent_runtime_sets_the_most_events_per_request(
+    tmp_path: Path, server: FakeIngest, running: Any
+) -> None:
+    """AgentRuntime.open(batch_max_events=...) (procmon: 1000, the backend's limit): 800
+    queued events go in one request, not 500 + 300."""
+    from watcher_common.agent_config import AgentSettings
+    from watcher_common.agent_runtime import AgentRuntime
+
+    settings = AgentSettings(api_server=server.url, agent_token=TOKEN)
+    rt = AgentRuntime.open(
+        "watcher-test", settings, tmp_path / "o.db", "0", CollectorRegistry(), batch_max_events=1000
+    )
+    rt.outbox.put_many([delete_event(i) for i in range(800)])
+    running(rt.sender)
+    await until(lambda: len(server.store) == 800)
+    assert [len(r) for r in server.requests] == [800]
+    await rt.sender.stop(0.5)
+    rt.outbox.close()

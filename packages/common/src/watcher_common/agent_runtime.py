@@ -33,9 +33,11 @@ class AgentRuntime:
         registry: CollectorRegistry,
         *,
         linger_s: float | None = None,
+        batch_max_events: int | None = None,
     ) -> AgentRuntime:
         """Open the outbox, a Health reporting its depth, and a Sender draining it.
-        ``linger_s``: the sender's wait for a burst to fill its batch (None: its default)."""
+        ``linger_s``: the sender's wait for a burst to fill its batch, ``batch_max_events``:
+        the most events per request (None: the sender's defaults)."""
         outbox = Outbox(outbox_path, budget_bytes=settings.outbox_budget_bytes)
         health = Health(service, info=lambda: {"outbox_events": outbox.stats().events})
         sender = Sender(
@@ -45,6 +47,8 @@ class AgentRuntime:
             registry=registry,
             user_agent=f"{service}/{version}",
         )
+        if batch_max_events is not None:
+            sender.batch_max_events = sender._cur_max_events = batch_max_events
         if linger_s is not None:
             sender.linger_s = linger_s
         return cls(outbox, health, sender)
