@@ -38,6 +38,20 @@ def _runs(n: int, first_pid: int = 1000) -> list[Event]:
     return evs
 
 
+def _workspace(tmp_path: Path) -> tuple[Path, IdentityConfig]:
+    """A student's assignment directory and the identity config that maps it (the test
+    process plays the compiler: its own /proc entry is read)."""
+    ws = tmp_path / "os-1-202600001" / "hw1"
+    ws.mkdir(parents=True)
+    return ws, IdentityConfig(container_roots=(f"{tmp_path}/{{workspace}}",))
+
+
+def _my_fork_ns() -> int:
+    """This process's start time as an exec record carries it (tick resolution)."""
+    ticks = int(Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
 def _pids(outbox: Outbox) -> list[int]:
     batch = outbox.next_batch(10_000, 1 << 30)
     outbox.release(e.event_id for e in batch)
@@ -121,13 +135,9 @@ def test_exec_to_outbox_is_observed_once_the_batch_commits(tmp_path: Path) -> No
 def test_a_refused_snapshot_is_sent_again_and_the_stored_one_is_not(tmp_path: Path) -> None:
     """The dedup memory (last version sent per file) is undone for a refused put: the
     refused version goes out at its next compile, the one stored before does not."""
-    ws = tmp_path / "os-1-202600001" / "hw1"
-    ws.mkdir(parents=True)
+    ws, ident = _workspace(tmp_path)
     src = ws / "main.c"
-    ident = IdentityConfig(container_roots=(f"{tmp_path}/{{workspace}}",))
-    me = os.getpid()
-    ticks = int(Path(f"/proc/{me}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    fork_ns = ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    me, fork_ns = os.getpid(), _my_fork_ns()
     outbox = Outbox(tmp_path / "outbox.db")
     pipe = Pipeline(outbox, identity=ident, metrics=ProcmonMetrics(CollectorRegistry()))
 
@@ -305,13 +315,9 @@ def test_while_compilers_run_new_sources_are_written_at_once_and_runs_wait(
     exec -> outbox of an unchanged source is observed at its capture."""
     from watcher_procmon.main import TracerLoop
 
-    ws = tmp_path / "os-1-202600001" / "hw1"
-    ws.mkdir(parents=True)
+    ws, ident = _workspace(tmp_path)
     src = ws / "main.c"
-    ident = IdentityConfig(container_roots=(f"{tmp_path}/{{workspace}}",))
-    me = os.getpid()
-    ticks = int(Path(f"/proc/{me}/stat").read_text().rsplit(")", 1)[1].split()[19])
-    fork_ns = ticks * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    me, fork_ns = os.getpid(), _my_fork_ns()
     mntns = os.stat(f"/proc/{me}/ns/mnt").st_ino
     outbox = Outbox(tmp_path / "outbox.db")
     metrics = ProcmonMetrics(CollectorRegistry())
