@@ -16,42 +16,9 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include "procmon_event.h"
+#include "procmon_core.bpf.h" /* cfg, maps, filter, tracked bit, wait status */
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-#define SIGNAL_GROUP_EXIT 0x00000004
-
-/* Only prefix_len, prefix and wakeup_every are used. */
-const volatile struct pm_config cfg SEC(".rodata.cfg") = {};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 << 20);
-} events SEC(".maps");
-
-#define PM_PID_LIMIT (4U << 20)
-#define PM_TRACKED(tgid) (1ULL << (((tgid) % 32) * 2))
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, PM_PID_LIMIT / 32);
-	__type(key, __u32);
-	__type(value, __u64);
-} pidbits SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct pm_counters);
-} stats SEC(".maps");
-
-static __always_inline struct pm_counters *get_counters(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&stats, &zero);
-}
 
 static __always_inline __u64 wakeup_flag(struct pm_counters *c)
 {
@@ -60,19 +27,6 @@ static __always_inline __u64 wakeup_flag(struct pm_counters *c)
 		return BPF_RB_FORCE_WAKEUP;
 	}
 	return BPF_RB_NO_WAKEUP;
-}
-
-static __always_inline bool prefix_matches(struct uts_namespace *uts)
-{
-	__u32 n = cfg.prefix_len;
-	bool ok = true;
-
-#pragma unroll
-	for (int i = 0; i < PM_PREFIX_MAX; i++) {
-		if (i < n && uts->name.nodename[i] != cfg.prefix[i])
-			ok = false;
-	}
-	return ok;
 }
 
 SEC("tp_btf/sched_process_exec")
@@ -89,8 +43,7 @@ int BPF_PROG(floor_exec, struct task_struct *task, pid_t old_pid, struct linux_b
 	}
 
 	__u32 tgid = task->tgid;
-	__u32 k = tgid / 32;
-	__u64 *pw = bpf_map_lookup_elem(&pidbits, &k);
+	__u64 *pw = pid_word(tgid);
 	struct pm_exec *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 
 	if (!e) {
@@ -122,8 +75,7 @@ int BPF_PROG(floor_exit, struct task_struct *task, bool group_dead)
 	c->exit_seen++;
 
 	__u32 tgid = task->tgid;
-	__u32 k = tgid / 32;
-	__u64 *pw = bpf_map_lookup_elem(&pidbits, &k);
+	__u64 *pw = pid_word(tgid);
 
 	if (!pw || !(*pw & PM_TRACKED(tgid)) ||
 	    !(__sync_fetch_and_and(pw, ~PM_TRACKED(tgid)) & PM_TRACKED(tgid))) {
@@ -137,15 +89,12 @@ int BPF_PROG(floor_exit, struct task_struct *task, bool group_dead)
 		c->exit_drop_ringbuf++;
 		return 0;
 	}
-	struct signal_struct *sig = task->signal;
-
 	x->hdr.type = PM_EV_EXIT;
 	x->hdr.version = PM_ABI_VERSION;
 	x->hdr.size = sizeof(*x);
 	x->hdr.ts_ns = bpf_ktime_get_boot_ns();
 	x->tgid = tgid;
-	x->status = sig->flags & SIGNAL_GROUP_EXIT ? sig->group_exit_code
-						   : task->group_leader->exit_code;
+	x->status = wait_status(task);
 	c->exit_emitted++;
 	bpf_ringbuf_submit(x, wakeup_flag(c));
 	return 0;

@@ -57,12 +57,10 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "procmon_event.h"
+#include "procmon_core.bpf.h"
 
 /* bpf_probe_read_{user,kernel}* are GPL-only helpers. */
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
-
-/* include/linux/sched/signal.h: a #define, so not in BTF. Stable since 2.6. */
-#define SIGNAL_GROUP_EXIT 0x00000004
 
 /* write(2)'s number: the object is built per architecture (__TARGET_ARCH_*). */
 #if defined(__TARGET_ARCH_x86)
@@ -76,40 +74,9 @@ extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
 #define AS(type, addr) ((struct type *)bpf_rdonly_cast((void *)(addr), \
 						       bpf_core_type_id_kernel(struct type)))
 
-/*
- * Written by userspace into the object before load (its own section, so that the map
- * holds nothing else and userspace can set it whole); read-only for the programs.
- */
-const volatile struct pm_config cfg SEC(".rodata.cfg") = {};
-
-/* Size set by userspace before load (bpf_map__set_max_entries). */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 8 << 20);
-} events SEC(".maps");
-
-/* PID_MAX_LIMIT on 64-bit (pid_max cannot be raised above it): no tgid is larger. */
-#define PM_PID_LIMIT (4U << 20)
-#define PM_PID_WORDS (PM_PID_LIMIT / 32)
-
-/*
- * Two bits per tgid, 32 tgids per word: PM_TRACKED (an exec record was emitted in a
- * student container: an exit is owed) and PM_CAPTURED (its stderr is captured: `capture`
- * holds its build). One word, so an exec or exit touches one cache line for both.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, PM_PID_WORDS);
-	__type(key, __u32);
-	__type(value, __u64);
-} pidbits SEC(".maps");
-
 /* Processes with PM_CAPTURED set: while 0 (no build running), nobody's capture state is
  * looked at, not even the one bit. Read-mostly, so it stays cached. */
 __u64 n_captured = 0;
-
-#define PM_TRACKED(tgid) (1ULL << (((tgid) % 32) * 2))
-#define PM_CAPTURED(tgid) (2ULL << (((tgid) % 32) * 2))
 
 /* captured tgids -> the build (compiler driver tgid) they belong to. */
 struct {
@@ -118,13 +85,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } capture SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct pm_counters);
-} stats SEC(".maps");
 
 /* exe basename -> enum pm_tool_class; filled by userspace before attach. */
 struct {
@@ -176,13 +136,6 @@ struct {
 	__type(value, struct pm_scratch);
 } scratch SEC(".maps");
 
-static __always_inline struct pm_counters *get_counters(void)
-{
-	__u32 zero = 0;
-
-	return bpf_map_lookup_elem(&stats, &zero);
-}
-
 /*
  * Batch wakeups (a wakeup is an irq_work, a self-IPI: microseconds in a VM): the reader
  * also polls on a timer (poll_ms), so most records need not wake it. Every
@@ -201,32 +154,6 @@ static __always_inline __u64 wakeup_flag(struct pm_counters *c, __u32 size, bool
 		return BPF_RB_FORCE_WAKEUP;
 	}
 	return BPF_RB_NO_WAKEUP;
-}
-
-/*
- * Compared in place through the BTF pointer (direct loads, no helper call: the filter is
- * paid by every exec on the node). prefix_len and prefix[] are .rodata constants: the
- * verifier drops the compares past prefix_len.
- */
-static __always_inline bool prefix_matches(struct uts_namespace *uts)
-{
-	__u32 n = cfg.prefix_len;
-	bool ok = true;
-
-#pragma unroll
-	for (int i = 0; i < PM_PREFIX_MAX; i++) {
-		if (i < n && uts->name.nodename[i] != cfg.prefix[i])
-			ok = false;
-	}
-	return ok;
-}
-
-/* The word of `pidbits` that holds `tgid`'s bits (an inlined array lookup). */
-static __always_inline __u64 *pid_word(__u32 tgid)
-{
-	__u32 k = tgid / 32;
-
-	return bpf_map_lookup_elem(&pidbits, &k);
 }
 
 /* The build `tgid`'s stderr belongs to; 0: not captured (one load for everyone else). */
@@ -897,20 +824,7 @@ int BPF_PROG(handle_exit, struct task_struct *task, bool group_dead)
 		c->exit_drop_ringbuf++;
 		return 0;
 	}
-	/*
-	 * The status waitpid() will report (wait_task_zombie): the group exit code when
-	 * SIGNAL_GROUP_EXIT is set -- by exit_group(), a fatal signal (with the 0x80 core flag
-	 * added by the coredump) or, since 5.19, by synchronize_group_exit() when the last
-	 * thread leaves with plain SYS_exit -- else the leader's own exit code (older kernels,
-	 * where a leader that left first with SYS_exit decides the status).
-	 */
-	struct signal_struct *sig = task->signal;
-	__u32 status;
-
-	if (sig->flags & SIGNAL_GROUP_EXIT)
-		status = sig->group_exit_code;
-	else
-		status = task->group_leader->exit_code;
+	__u32 status = wait_status(task);
 
 	x->hdr.type = PM_EV_EXIT;
 	x->hdr.version = PM_ABI_VERSION;
