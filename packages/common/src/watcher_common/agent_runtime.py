@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from watcher_common.agent_config import AgentSettings
 from watcher_common.agent_http import Health
 from watcher_common.outbox import Outbox
-from watcher_common.sender import Sender
+from watcher_common.sender import BATCH_MAX_EVENTS, LINGER_S, Sender
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,12 @@ class AgentRuntime:
         version: str,
         registry: CollectorRegistry,
         *,
-        linger_s: float | None = None,
-        batch_max_events: int | None = None,
+        linger_s: float = LINGER_S,
+        batch_max_events: int = BATCH_MAX_EVENTS,
     ) -> AgentRuntime:
         """Open the outbox, a Health reporting its depth, and a Sender draining it.
         ``linger_s``: the sender's wait for a burst to fill its batch, ``batch_max_events``:
-        the most events per request (None: the sender's defaults)."""
+        the most events per request."""
         outbox = Outbox(outbox_path, budget_bytes=settings.outbox_budget_bytes)
         health = Health(service, info=lambda: {"outbox_events": outbox.stats().events})
         sender = Sender(
@@ -46,9 +46,7 @@ class AgentRuntime:
             settings.agent_token,
             registry=registry,
             user_agent=f"{service}/{version}",
+            linger_s=linger_s,
+            batch_max_events=batch_max_events,
         )
-        if batch_max_events is not None:
-            sender.batch_max_events = sender._cur_max_events = batch_max_events
-        if linger_s is not None:
-            sender.linger_s = linger_s
         return cls(outbox, health, sender)

@@ -86,6 +86,10 @@ class _Failure:
     immediate: bool = False  # e.g. batch split after 413: try again now, not a streak
 
 
+BATCH_MAX_EVENTS = 500  # events per request (and at most batch_max_bytes)
+LINGER_S = 0.2  # the wait for a burst to fill a batch
+
+
 class Sender:
     def __init__(
         self,
@@ -94,9 +98,9 @@ class Sender:
         token: str | None,
         *,
         client_factory: Callable[..., httpx.AsyncClient] = httpx.AsyncClient,
-        batch_max_events: int = 500,
+        batch_max_events: int = BATCH_MAX_EVENTS,
         batch_max_bytes: int = 1 << 20,
-        linger_s: float = 0.2,
+        linger_s: float = LINGER_S,
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 60.0,
         retry_after_cap_s: float = 600.0,
