@@ -90,7 +90,7 @@ class _Put:
     # (fields, not a closure per run: this is the per-exec path)
     run_counter: _Inc | None = None
     end_ns: int | None = None
-    run: tuple[ProcessRecord, _Pending] | None = None
+    run: tuple[ProcessRecord, _Pending, BuildOutput | None] | None = None
 
 
 class HealthLike(Protocol):
@@ -444,16 +444,10 @@ class Pipeline:
             self._drop_not_student.inc()
             return
         counter = self._process_events(process_name(p.cls, ev.exe))
-        if self._batch is not None and build is None:
-            # made when the batch is stored: the runs of a build's reads are then encoded
-            # one after another, warm, instead of each in a read of its own while the
-            # compilers have the caches
-            self._batch.append(_Put(None, None, None, None, counter, rec.end_ns, (rec, p)))
-            return
-        run = self._run(rec, p, build)
-        if run is None:
-            return
-        item = _Put(run, None, None, None, counter, rec.end_ns)  # counted in _stored
+        # the event is made when its batch is stored (_made): the runs of a build's reads
+        # are then encoded one after another, warm, instead of each in a read of its own
+        # while the compilers have the caches; counted in _stored
+        item = _Put(None, None, None, None, counter, rec.end_ns, (rec, p, build))
         if self._batch is not None:
             self._batch.append(item)
         else:
@@ -486,7 +480,7 @@ class Pipeline:
     def _made(self, item: _Put) -> bool:
         """Make a deferred run's event (see _on_record); False when it cannot be sent."""
         if item.event is None and item.run is not None:
-            item.event = self._run(*item.run, None)
+            item.event = self._run(*item.run)
             item.run = None
         return item.event is not None
 
