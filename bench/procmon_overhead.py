@@ -99,7 +99,6 @@ from procmonlib import (
     in_container,
     procmon,
     prog_stats,
-    prog_stats_by_id,
     require_root,
     runs_total,
     stats_delta,
@@ -223,9 +222,9 @@ def body(result: Result) -> None:
         with floor_probe(build_floor(tmp)) as fp, sysctl("kernel/bpf_stats_enabled", "1"):
             for label, (seconds, rate, workers) in runs.items():
                 if seconds > 0:
-                    s0 = prog_stats_by_id(fp.ids)
+                    s0 = prog_stats(fp.ids)
                     n, secs = forkexec(gen, seconds, rate, workers, ["/bin/true"])
-                    floor[label] = (n, secs, stats_delta(s0, prog_stats_by_id(fp.ids)))
+                    floor[label] = (n, secs, stats_delta(s0, prog_stats(fp.ids)))
         # ---- 1 + 2: bpf_stats and userspace CPU ------------------------------------
         with procmon(tmp, api_server=api) as pm:
             pm.wait_log("procmon ready")

@@ -176,14 +176,15 @@ def tracing_progs() -> dict[int, dict[str, Any]]:
 
 
 def prog_stats(ids: set[int]) -> dict[str, tuple[int, int]]:
-    """{program name: (run_time_ns, run_cnt)} of the given program ids (bpf_stats: counted
-    only while kernel.bpf_stats_enabled is 1)."""
-    progs = tracing_progs()
-    out: dict[str, tuple[int, int]] = {}
-    for i in ids:
-        p = progs.get(i, {})
-        out[str(p.get("name"))] = (int(p.get("run_time_ns", 0)), int(p.get("run_cnt", 0)))
-    return out
+    """{program name: (run_time_ns, run_cnt)} of the given program ids, whatever they are
+    (bpf_stats: counted only while kernel.bpf_stats_enabled is 1)."""
+    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
+    out = subprocess.run([bpftool, "prog", "show", "--json"], capture_output=True, check=True)
+    return {
+        str(p.get("name")): (int(p.get("run_time_ns", 0)), int(p.get("run_cnt", 0)))
+        for p in json.loads(out.stdout)
+        if int(p["id"]) in ids
+    }
 
 
 def stats_delta(
@@ -217,18 +218,13 @@ PROCMON_PKG = HERE.parent / "packages" / "procmon"
 
 
 def build_floor(tmp: Path) -> Path:
-    """floor.bpf.o, compiled as packages/procmon/Makefile compiles procmon.bpf.o (same
-    clang flags, vmlinux.h and includes; make generates vmlinux.h if it is missing)."""
-    subprocess.run(["make", "-s", "-C", str(PROCMON_PKG), "build/vmlinux.h"], check=True)
-    arch = {"x86_64": "x86", "aarch64": "arm64", "ppc64le": "powerpc", "s390x": "s390",
-            "riscv64": "riscv"}.get(os.uname().machine, os.uname().machine)  # fmt: skip
+    """floor.bpf.o, built by packages/procmon's Makefile as it builds procmon.bpf.o (same
+    clang flags, vmlinux.h and headers)."""
     obj = tmp / "floor.bpf.o"
+    src = HERE / "procmon" / "floor.bpf.c"
     subprocess.run(
-        [os.environ.get("CLANG", "clang"), "-O2", "-g", "-Wall", "-Werror", "-target", "bpf",
-         f"-D__TARGET_ARCH_{arch}", f"-I{PROCMON_PKG / 'build'}", f"-I{PROCMON_PKG / 'bpf'}",
-         "-c", str(HERE / "procmon" / "floor.bpf.c"), "-o", str(obj)],
-        check=True,
-    )  # fmt: skip
+        ["make", "-s", "-C", str(PROCMON_PKG), "object", f"SRC={src}", f"OUT={obj}"], check=True
+    )
     return obj
 
 
@@ -287,15 +283,3 @@ def floor_probe(obj_path: Path, prefix: str = "jcode-") -> Iterator[FloorProbe]:
         if rb is not None:
             rb.free()
         obj.close()
-
-
-def prog_stats_by_id(ids: set[int]) -> dict[str, tuple[int, int]]:
-    """{program name: (run_time_ns, run_cnt)} of the given program ids, whatever their
-    names (``prog_stats`` only knows procmon's)."""
-    bpftool = shutil.which("bpftool") or "/usr/sbin/bpftool"
-    out = subprocess.run([bpftool, "prog", "show", "--json"], capture_output=True, check=True)
-    return {
-        str(p.get("name")): (int(p.get("run_time_ns", 0)), int(p.get("run_cnt", 0)))
-        for p in json.loads(out.stdout)
-        if int(p["id"]) in ids
-    }
